@@ -1,0 +1,168 @@
+"""The config-driven decoder (Gemma-2, Gemma-3 text, Llama-3.x, Qwen2/2.5) with a KV cache and hook sites.
+
+The model knows nothing about steering. It exposes one hook site per block: the residual stream after block L
+(transformers' `hidden_states[L+1]`). A hook is any `hook(layer, hidden) -> hidden`; pass a
+`jax.tree_util.Partial` to carry arrays (steering parameters, position masks) through `jit` as traced data.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from prosv_jax.models.config import ModelConfig
+from prosv_jax.models.layers import F32, MLP, Attention, RMSNorm, _normal, matmul
+
+Hook = Callable[[int, jax.Array], jax.Array]
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, [B, S, K, D] each, filled left to right.
+
+    `valid` [B, S] marks real (non-padding) entries; `index` is the slot the next token is written to. All rows
+    share `index`: prompts are left-padded so that they end together.
+    """
+
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    valid: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, length: int, dtype) -> "KVCache":
+        shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+        zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+        return cls(zeros, zeros, jnp.zeros((batch, length), bool), jnp.zeros((), jnp.int32))
+
+
+class ForwardOutput(NamedTuple):
+    logits: jax.Array | None  # [B, T, V] float32, None when the head was skipped
+    cache: KVCache | None
+    hidden: dict[int, jax.Array]  # block index -> residual after that block [B, T, d], for `capture`
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block; Gemma adds a norm after attention and after the MLP."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, dtype, rngs: nnx.Rngs):
+        norm = lambda: RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.gemma_norm, dtype)  # noqa: E731
+        self.pre_attn_norm = norm()
+        self.attn = Attention(cfg, layer, dtype, rngs)
+        self.pre_ffn_norm = norm()
+        self.mlp = MLP(cfg, dtype, rngs)
+        if cfg.post_norms:
+            self.post_attn_norm = norm()
+            self.post_ffn_norm = norm()
+
+    def __call__(self, x, positions, mask, kv):
+        """x [B, T, d]; kv is None (attend to this chunk) or (cache_k, cache_v, index) to write into first."""
+        q, k, v = self.attn.project_qkv(self.pre_attn_norm(x), positions)
+        if kv is not None:
+            cache_k, cache_v, index = kv
+            k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
+        window_mask = mask[self.attn.window]
+        h = self.attn.attend(q, k, v, window_mask)
+        if hasattr(self, "post_attn_norm"):
+            h = self.post_attn_norm(h)
+        x = x + h
+        h = self.mlp(self.pre_ffn_norm(x))
+        if hasattr(self, "post_ffn_norm"):
+            h = self.post_ffn_norm(h)
+        return x + h, (k, v)
+
+
+def attention_masks(cfg: ModelConfig, q_index: jax.Array, key_valid: jax.Array) -> dict:
+    """Masks [B, T, S] per sliding window (None = full): causal by slot index, valid keys only."""
+    k_index = jnp.arange(key_valid.shape[1])
+    causal = k_index[None, :] <= q_index[:, None]  # [T, S]
+    masks = {}
+    for window in {cfg.window_for(i) for i in range(cfg.num_layers)}:
+        allowed = causal if window is None else causal & (q_index[:, None] - k_index[None, :] < window)
+        masks[window] = allowed[None] & key_valid[:, None, :]
+    return masks
+
+
+class Decoder(nnx.Module):
+    """Decoder-only LM. Call it, or use `embed` / `run_blocks` / `head` to run a slice of it."""
+
+    def __init__(self, cfg: ModelConfig, dtype=jnp.float32, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embedding = _normal(rngs, (cfg.vocab_size, cfg.hidden_size), dtype)
+        self.layers = nnx.List([Block(cfg, i, dtype, rngs) for i in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.gemma_norm, dtype)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = _normal(rngs, (cfg.hidden_size, cfg.vocab_size), dtype)
+
+    @property
+    def dtype(self):
+        return self.embedding.dtype
+
+    def embed(self, tokens: jax.Array) -> jax.Array:
+        """Token embeddings [B, T, d]; Gemma multiplies by sqrt(d) rounded to the parameter dtype."""
+        h = jnp.take(self.embedding[...], tokens, axis=0)
+        if self.cfg.embed_scale:
+            h = h * jnp.asarray(self.cfg.hidden_size ** 0.5, h.dtype)
+        return h
+
+    def head(self, h: jax.Array) -> jax.Array:
+        """Float32 logits [..., V] of residuals h [..., d] (final norm, LM head, soft-cap)."""
+        h = self.final_norm(h)
+        if self.cfg.tie_word_embeddings:
+            logits = jnp.einsum("...d,vd->...v", h, self.embedding[...], preferred_element_type=F32)
+        else:
+            logits = jnp.einsum("...d,dv->...v", h, self.lm_head[...], preferred_element_type=F32)
+        if self.cfg.final_softcap is not None:
+            logits = jnp.tanh(logits / self.cfg.final_softcap) * self.cfg.final_softcap
+        return logits
+
+    def run_blocks(self, h, positions, key_valid, *, cache: KVCache | None = None, hook: Hook | None = None,
+                   capture: Sequence[int] = (), start: int = 0, stop: int | None = None):
+        """Runs blocks [start, stop) on residuals h [B, T, d]; returns (h, new cache, captured residuals).
+
+        key_valid is [B, T] without a cache, and the cache's [B, S] validity (already updated) with one.
+        """
+        stop = self.cfg.num_layers if stop is None else stop
+        if cache is None:
+            q_index = jnp.arange(h.shape[1])
+        else:
+            q_index = cache.index + jnp.arange(h.shape[1])
+        masks = attention_masks(self.cfg, q_index, key_valid)
+        captured, keys, values = {}, list(cache.keys) if cache else None, list(cache.values) if cache else None
+        for layer in range(start, stop):
+            kv = None if cache is None else (cache.keys[layer], cache.values[layer], cache.index)
+            h, (k, v) = self.layers[layer](h, positions, masks, kv)
+            if cache is not None:
+                keys[layer], values[layer] = k, v
+            if hook is not None:
+                h = hook(layer, h)
+            if layer in capture:
+                captured[layer] = h
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(tuple(keys), tuple(values), key_valid, cache.index + h.shape[1])
+        return h, new_cache, captured
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array, valid: jax.Array, *, cache: KVCache | None = None,
+                 hook: Hook | None = None, capture: Sequence[int] = (), logits: bool = True) -> ForwardOutput:
+        """Forward pass over tokens [B, T] at positions [B, T]; valid [B, T] is False on padding.
+
+        With a cache, the tokens are written at `cache.index` and attend to everything cached before them.
+        """
+        bad = [layer for layer in capture if not 0 <= layer < self.cfg.num_layers]
+        if bad:
+            raise ValueError(f"capture layer(s) {bad} out of range: the model has blocks 0..{self.cfg.num_layers - 1}")
+        key_valid = valid
+        if cache is not None:
+            key_valid = jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.index))
+        h, new_cache, captured = self.run_blocks(self.embed(tokens), positions, key_valid, cache=cache, hook=hook,
+                                                 capture=capture)
+        return ForwardOutput(self.head(h) if logits else None, new_cache, captured)
+
+
+def positions_from_valid(valid: jax.Array) -> jax.Array:
+    """Positions [B, T] counting real tokens only, so left padding does not shift them (pads get 0)."""
+    return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)

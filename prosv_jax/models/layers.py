@@ -1,0 +1,123 @@
+"""Building blocks of the decoder: RMSNorm, rotary embedding, grouped-query attention, gated MLP.
+
+Shape letters: B batch, T query length, S key length (cache), d model width, H query heads, K key/value heads,
+G = H / K query heads per key head, D head width, F MLP width, V vocabulary.
+Matmuls accumulate in float32 (`preferred_element_type`) and round back to the activation dtype, as PyTorch does
+for bfloat16; XLA:CPU only reaches its bfloat16 rate this way.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from prosv_jax.models.config import ModelConfig
+
+F32 = jnp.float32
+
+
+def matmul(equation: str, x: jax.Array, w: jax.Array) -> jax.Array:
+    """einsum with float32 accumulation, returned in x's dtype."""
+    return jnp.einsum(equation, x, w, preferred_element_type=F32).astype(x.dtype)
+
+
+def _normal(rngs: nnx.Rngs, shape, dtype, std: float = 0.02) -> nnx.Param:
+    return nnx.Param((std * jax.random.normal(rngs.params(), shape, F32)).astype(dtype))
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm computed in float32. Gemma scales by (1 + w) before the cast back; Llama by w after it."""
+
+    def __init__(self, dim: int, eps: float, gemma: bool, dtype):
+        self.eps = eps
+        self.gemma = gemma
+        self.scale = nnx.Param(jnp.zeros((dim,), dtype) if gemma else jnp.ones((dim,), dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(F32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.gemma:
+            return (normed * (1.0 + self.scale[...].astype(F32))).astype(x.dtype)
+        return self.scale[...] * normed.astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotates x [B, T, N, D] by its positions [B, T]; the halves layout of transformers' `rotate_half`."""
+    freqs = positions.astype(F32)[..., None] * jnp.asarray(inv_freq, F32)  # [B, T, D/2]
+    angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, D]
+    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    first, second = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-second, first], axis=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention with optional biases, q/k norms, logit soft-cap and sliding window."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, dtype, rngs: nnx.Rngs):
+        d, H, K, D = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.num_kv_heads = K
+        self.scale = cfg.attn_scale
+        self.softcap = cfg.attn_softcap
+        self.window = cfg.window_for(layer)
+        self.rope = cfg.rope_for(cfg.layer_types[layer])
+        self.q = _normal(rngs, (d, H, D), dtype)
+        self.k = _normal(rngs, (d, K, D), dtype)
+        self.v = _normal(rngs, (d, K, D), dtype)
+        self.o = _normal(rngs, (H, D, d), dtype)
+        if cfg.qkv_bias:
+            self.q_bias = nnx.Param(jnp.zeros((H, D), dtype))
+            self.k_bias = nnx.Param(jnp.zeros((K, D), dtype))
+            self.v_bias = nnx.Param(jnp.zeros((K, D), dtype))
+        if cfg.o_bias:
+            self.o_bias = nnx.Param(jnp.zeros((d,), dtype))
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(D, cfg.rms_norm_eps, cfg.gemma_norm, dtype)
+            self.k_norm = RMSNorm(D, cfg.rms_norm_eps, cfg.gemma_norm, dtype)
+
+    def project_qkv(self, x: jax.Array, positions: jax.Array):
+        """Queries [B, T, H, D] and keys, values [B, T, K, D] of x [B, T, d], rotated to their positions."""
+        q = matmul("btd,dhk->bthk", x, self.q[...])
+        k = matmul("btd,dhk->bthk", x, self.k[...])
+        v = matmul("btd,dhk->bthk", x, self.v[...])
+        if hasattr(self, "q_bias"):
+            q, k, v = q + self.q_bias[...], k + self.k_bias[...], v + self.v_bias[...]
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        inv_freq = self.rope.inv_freq(q.shape[-1])
+        return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
+
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+        """Attention output [B, T, d] of q [B, T, H, D] over k, v [B, S, K, D] where mask [B, T, S] is True."""
+        B, T, H, D = q.shape
+        K = self.num_kv_heads
+        q = q.reshape(B, T, K, H // K, D)  # [B, T, K, G, D]
+        logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=F32) * self.scale
+        if self.softcap is not None:
+            logits = jnp.tanh(logits / self.softcap) * self.softcap
+        logits = jnp.where(mask[:, None, None], logits, jnp.finfo(F32).min)  # mask -> [B, 1, 1, T, S]
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=F32).astype(v.dtype)
+        out = out.reshape(B, T, H, D)  # [B, T, K, G, D] -> [B, T, H, D]
+        out = matmul("bthk,hkd->btd", out, self.o[...])
+        if hasattr(self, "o_bias"):
+            out = out + self.o_bias[...]
+        return out
+
+
+class MLP(nnx.Module):
+    """Gated MLP: down(act(gate(x)) * up(x)), SiLU (Llama, Qwen) or tanh-GELU (Gemma)."""
+
+    def __init__(self, cfg: ModelConfig, dtype, rngs: nnx.Rngs):
+        d, F = cfg.hidden_size, cfg.intermediate_size
+        self.activation = cfg.activation
+        self.gate = _normal(rngs, (d, F), dtype)
+        self.up = _normal(rngs, (d, F), dtype)
+        self.down = _normal(rngs, (F, d), dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gate = matmul("btd,df->btf", x, self.gate[...])
+        act = jax.nn.silu(gate) if self.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+        return matmul("btf,fd->btd", act * matmul("btd,df->btf", x, self.up[...]), self.down[...])
