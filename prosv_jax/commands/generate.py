@@ -1,0 +1,65 @@
+"""`prosv-jax generate`: answers to prompts from a local HF model directory (or the built-in tiny model)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "generate", help="generate answers to prompts with a local HF model",
+        description="Generate with a local HF model directory (config.json, safetensors, tokenizer). "
+                    "Temperature 0 is greedy.")
+    parser.add_argument("--model", default="builtin",
+                        help="HF model directory, or 'builtin' for the offline tiny model (default: builtin)")
+    parser.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed for sampling")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    parser.set_defaults(run=run)
+
+
+def generate_texts(model_dir: str, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.0,
+                   top_p: float = 1.0, seed: int = 0, dtype: str = "float32", chat: bool = False) -> list[dict]:
+    """One dict per prompt: prompt, token_ids (generated only, up to the stop token) and text."""
+    import jax
+    import jax.numpy as jnp
+    from transformers import AutoTokenizer
+
+    from prosv_jax.builtin import builtin_model_dir
+    from prosv_jax.inference.generate import generate
+    from prosv_jax.inference.prompts import decode_answers, encode_prompts, stop_token_ids
+    from prosv_jax.inference.sampling import SamplingConfig
+    from prosv_jax.models.loading import load_model
+
+    model_dir = builtin_model_dir() if model_dir == "builtin" else model_dir
+    model = load_model(model_dir, getattr(jnp, dtype))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    batch = encode_prompts(tokenizer, prompts, chat=chat)
+    stops = stop_token_ids(model_dir, tokenizer, model.cfg.eos_token_ids)
+    out = generate(model, batch.tokens, batch.valid, max_new_tokens=max_new_tokens,
+                   sampling=SamplingConfig(temperature=temperature, top_p=top_p), key=jax.random.key(seed),
+                   stop_ids=stops, pad_id=tokenizer.pad_token_id)
+    tokens, lengths = jax.device_get((out.tokens, out.lengths))
+    texts = decode_answers(tokenizer, tokens, lengths, stops)
+    return [{"prompt": p, "token_ids": [int(t) for t in row[:n]], "text": text}
+            for p, row, n, text in zip(prompts, tokens, lengths, texts)]
+
+
+def run(args: argparse.Namespace) -> int:
+    results = generate_texts(args.model, args.prompt, max_new_tokens=args.max_new_tokens,
+                             temperature=args.temperature, top_p=args.top_p, seed=args.seed, dtype=args.dtype,
+                             chat=args.chat)
+    for result in results:
+        if args.json:
+            print(json.dumps(result, ensure_ascii=False))
+        else:
+            print(f"### {result['prompt']}\n{result['text']}\n")
+    sys.stdout.flush()
+    return 0

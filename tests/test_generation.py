@@ -1,0 +1,129 @@
+"""Sampling, prompt batching and the `prosv-jax` CLI against transformers on a real tokenizer and chat template."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+import hf_models
+from prosv_jax import cli
+from prosv_jax.inference.generate import generate
+from prosv_jax.inference.prompts import encode_prompts, left_pad
+from prosv_jax.inference.sampling import SamplingConfig, sample_next
+from prosv_jax.models.loading import load_model
+
+LOGITS = np.log(np.array([[0.5, 0.25, 0.15, 0.07, 0.03]], np.float32))
+
+
+def empirical(sampling: SamplingConfig, n: int = 40000) -> np.ndarray:
+    logits = jnp.asarray(np.repeat(LOGITS, n, axis=0))
+    ids = np.asarray(sample_next(logits, jax.random.key(0), sampling))
+    return np.bincount(ids, minlength=LOGITS.shape[1]) / n
+
+
+def test_temperature_sampling_follows_softmax():
+    for temperature in (1.0, 2.0):
+        expected = np.exp(LOGITS[0] / temperature) / np.exp(LOGITS[0] / temperature).sum()
+        np.testing.assert_allclose(empirical(SamplingConfig(temperature=temperature)), expected, atol=0.01)
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    # Mass 0.5 + 0.25 = 0.75 < 0.8, so the nucleus for top_p=0.8 is the first three tokens, renormalised.
+    probs = empirical(SamplingConfig(temperature=1.0, top_p=0.8))
+    expected = np.array([0.5, 0.25, 0.15, 0, 0]) / 0.9
+    np.testing.assert_allclose(probs, expected, atol=0.01)
+    assert probs[3:].sum() == 0
+
+
+def test_top_k_and_greedy():
+    assert empirical(SamplingConfig(temperature=1.0, top_k=2))[2:].sum() == 0
+    assert int(sample_next(jnp.asarray(LOGITS), jax.random.key(1), SamplingConfig())[0]) == 0
+
+
+def test_bad_sampling_settings_are_refused():
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingConfig(temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingConfig(top_p=0)
+
+
+def test_left_pad_rounds_width_and_rejects_empty_prompts():
+    batch = left_pad([[5, 6, 7], [9]], pad_id=0, multiple=4)
+    assert batch.tokens.tolist() == [[0, 5, 6, 7], [0, 0, 0, 9]]
+    assert batch.valid.sum(1).tolist() == [3, 1]
+    with pytest.raises(ValueError, match="at least one token"):
+        left_pad([[1], []], pad_id=0)
+
+
+@pytest.fixture(scope="module")
+def gemma_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("gemma2")
+    return hf_models.build("gemma2_window", directory), directory
+
+
+def test_cli_generate_json_matches_transformers_chat_greedy(gemma_dir, capsys):
+    torch_model, directory = gemma_dir
+    prompts = ["How do I bake bread?", "Name three colours."]
+    assert cli.main(["generate", "--model", str(directory), "--chat", "--json", "--max-new-tokens", "12",
+                     *sum((["--prompt", p] for p in prompts), [])]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    stops = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")]
+    for line, prompt in zip(lines, prompts):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=False)
+        assert ids.count(tokenizer.bos_token_id) == 1
+        with torch.no_grad():
+            ref = torch_model.generate(input_ids=torch.tensor([ids]), do_sample=False, max_new_tokens=12,
+                                       eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)[0, len(ids):]
+        assert line["prompt"] == prompt
+        assert line["token_ids"] == ref.tolist()
+        assert line["text"] == tokenizer.decode([t for t in ref.tolist() if t not in stops], skip_special_tokens=True)
+
+
+def test_generation_of_a_prompt_is_the_same_alone_and_in_a_padded_batch(gemma_dir):
+    _, directory = gemma_dir
+    model = load_model(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    prompts = ["A short one.", "A much longer prompt that needs many more tokens than the first."]
+    batch = encode_prompts(tokenizer, prompts, chat=True)
+    alone = encode_prompts(tokenizer, prompts[:1], chat=True, multiple=1)
+    together = generate(model, batch.tokens, batch.valid, max_new_tokens=10, stop_ids=())
+    single = generate(model, alone.tokens, alone.valid, max_new_tokens=10, stop_ids=())
+    np.testing.assert_array_equal(np.asarray(together.tokens)[0], np.asarray(single.tokens)[0])
+
+
+def test_sampled_generation_is_reproducible_from_its_key(gemma_dir):
+    _, directory = gemma_dir
+    model = load_model(directory)
+    batch = left_pad([[2, 10, 11, 12]], pad_id=0)
+    run = lambda seed: np.asarray(generate(  # noqa: E731
+        model, batch.tokens, batch.valid, max_new_tokens=16, sampling=SamplingConfig(temperature=1.0),
+        key=jax.random.key(seed), stop_ids=()).tokens)
+    np.testing.assert_array_equal(run(3), run(3))
+    assert not np.array_equal(run(3), run(4))
+    with pytest.raises(ValueError, match="PRNG key"):
+        generate(model, batch.tokens, batch.valid, max_new_tokens=2, sampling=SamplingConfig(temperature=1.0))
+
+
+def test_cli_help_and_demo(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "generate" in capsys.readouterr().out
+    monkeypatch.setenv("PROSV_JAX_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["demo", "--out", str(tmp_path / "out"), "--num-prompts", "2", "--max-new-tokens", "4"]) == 0
+    lines = (tmp_path / "out" / "generations.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(1 <= len(json.loads(line)["token_ids"]) <= 4 for line in lines)
+    assert (tmp_path / "cache" / "tiny-gemma2-random-v1" / "tokenizer.json").is_file()
+
+
+def test_cli_reports_a_missing_model_directory(tmp_path, capsys):
+    assert cli.main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "hi"]) == 2
+    assert "config.json not found" in capsys.readouterr().err
