@@ -127,3 +127,36 @@ def test_cli_help_and_demo(tmp_path, monkeypatch, capsys):
 def test_cli_reports_a_missing_model_directory(tmp_path, capsys):
     assert cli.main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "hi"]) == 2
     assert "config.json not found" in capsys.readouterr().err
+
+
+def test_cli_generate_applies_a_saved_steering(gemma_dir, tmp_path, capsys):
+    from prosv_jax.interventions import Steering, SteeringVector, save_steering, steered_generate
+    from prosv_jax.inference.prompts import stop_token_ids
+
+    _, directory = gemma_dir
+    model = load_model(directory)
+    steering = Steering.single(1, SteeringVector(beta=30.0, c=8.0), "f2+l2")
+    params = steering.init_params(jax.random.key(0), model.cfg)
+    save_steering(tmp_path / "sv", steering, params, model.cfg)
+
+    def cli_ids(*extra):
+        assert cli.main(["generate", "--model", str(directory), "--chat", "--json", "--max-new-tokens", "8",
+                         "--prompt", "Tell me about the sea.", *extra]) == 0
+        return json.loads(capsys.readouterr().out)["token_ids"]
+
+    plain, steered, zero = cli_ids(), cli_ids("--steer", str(tmp_path / "sv")), cli_ids(
+        "--steer", str(tmp_path / "sv"), "--steer-factor", "0")
+    assert steered != plain and zero == plain
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    batch = encode_prompts(tokenizer, ["Tell me about the sea."], chat=True)
+    stops = stop_token_ids(directory, tokenizer, model.cfg.eos_token_ids)
+    direct = steered_generate(model, steering, params, batch.tokens, batch.valid, max_new_tokens=8, stop_ids=stops,
+                              pad_id=tokenizer.pad_token_id)
+    assert steered == np.asarray(direct.tokens)[0, :int(direct.lengths[0])].tolist()
+
+    other = model.cfg.replace(hidden_size=2 * model.cfg.hidden_size)
+    save_steering(tmp_path / "wide", steering, steering.init_params(jax.random.key(0), other), other)
+    assert cli.main(["generate", "--model", str(directory), "--prompt", "x", "--steer", str(tmp_path / "wide")]) == 2
+    assert "hidden_size" in capsys.readouterr().err
+    assert cli.main(["generate", "--model", str(directory), "--prompt", "x", "--steer-factor", "2"]) == 2
+    assert "--steer PATH" in capsys.readouterr().err
