@@ -131,13 +131,15 @@ def hf_tensors(model: Decoder) -> dict[str, np.ndarray]:
     return out
 
 
-def save_model(model: Decoder, hf_config, model_dir: str | os.PathLike) -> None:
+def save_model(model: Decoder, hf_config, model_dir: str | os.PathLike, *,
+               ignore_fields: tuple[str, ...] = ()) -> None:
     """Saves the model in HF format (config.json + model.safetensors) loadable by transformers and `load_model`.
 
     `hf_config` is the transformers config the model was built from; it is written as config.json.
+    `ignore_fields` as in `load_model` (needed for a config that was loaded with it).
     """
     os.makedirs(model_dir, exist_ok=True)
-    if ModelConfig.from_hf(hf_config) != model.cfg:
+    if ModelConfig.from_hf(hf_config, ignore_fields) != model.cfg:
         raise ValueError("hf_config does not describe this model (its ModelConfig differs)")
     hf_config.save_pretrained(model_dir)
     save_checkpoint(hf_tensors(model), model_dir)
