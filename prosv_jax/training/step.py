@@ -1,0 +1,126 @@
+"""The jitted train step: gradients w.r.t. the steering params only, per-group Adam, divergence guard.
+
+With frozen-prefix caching the step starts from the cached residuals after block L (the first edited block) and
+runs blocks L+1..N only: the steering never changes blocks 0..L, so the result is the same at a fraction of the
+cost. The step is written for one run; `vmap` over (state, learning rates, data) trains a grid of runs at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from prosv_jax.interventions.kinds import SteeringVector
+from prosv_jax.interventions.transform import Steering, SteeringParams, make_hook
+from prosv_jax.models.decoder import Decoder, positions_from_valid
+from prosv_jax.training.losses import lang_loss, simpo_loss, token_logprobs
+from prosv_jax.training.optim import group_norms, scale_by_group_lr
+
+OBJECTIVES = ("lang", "simpo")
+
+
+class TrainState(NamedTuple):
+    params: SteeringParams
+    opt_state: Any
+    step: jax.Array  # int32: micro-steps taken
+    alive: jax.Array  # bool: False once the run diverged (it is then frozen)
+
+
+class StepData(NamedTuple):
+    """One batch on device. Rows are positives, or P positives then their P negatives for SimPO."""
+
+    tokens: jax.Array  # [B, T]
+    valid: jax.Array  # [B, T]
+    prompt_mask: jax.Array  # [B, T]
+    target_index: jax.Array  # [B, R]
+    target_ids: jax.Array  # [B, R]
+    target_mask: jax.Array  # [B, R]
+    reference: jax.Array  # [B] summed response log-probs of the unsteered model (SimPO), else zeros
+    prefix: jax.Array | None = None  # [B, T, d] cached residuals after the first edited block, or None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+    objective: str = "lang"
+    vocab_chunk: int = 32768
+    blowup_loss: float = 1e4  # a finite loss above this also marks the run as diverged
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+
+
+def response_logprobs(model: Decoder, steering: Steering, params: SteeringParams, data: StepData,
+                      vocab_chunk: int = 32768) -> jax.Array:
+    """Steered log-probs [B, R] of the response tokens, from the cached prefix when `data.prefix` is given."""
+    hook = make_hook(steering, params, steering.masks(data.prompt_mask, data.valid))
+    positions = positions_from_valid(data.valid)
+    if data.prefix is None:
+        hidden, _, _ = model.run_blocks(model.embed(data.tokens), positions, data.valid, hook=hook)
+    else:
+        first = steering.first_layer
+        hidden = hook(first, data.prefix.astype(model.dtype))
+        hidden, _, _ = model.run_blocks(hidden, positions, data.valid, hook=hook, start=first + 1)
+    return token_logprobs(model, hidden, data.target_index, data.target_ids, vocab_chunk)
+
+
+def prefix_residuals(model: Decoder, steering: Steering, tokens, valid) -> jax.Array:
+    """Residuals [B, T, d] after the first edited block, which no steering of `steering` can change."""
+    positions = positions_from_valid(valid)
+    hidden, _, _ = model.run_blocks(model.embed(tokens), positions, valid, stop=steering.first_layer + 1)
+    return hidden
+
+
+def reference_logprob_sums(model: Decoder, data: StepData, vocab_chunk: int = 32768) -> jax.Array:
+    """Summed response log-probs [B] under the unsteered model (SimPO's p_ref)."""
+    hidden, _, _ = model.run_blocks(model.embed(data.tokens), positions_from_valid(data.valid), data.valid)
+    logprobs = token_logprobs(model, hidden, data.target_index, data.target_ids, vocab_chunk)
+    return (logprobs * data.target_mask).sum(-1)
+
+
+def loss_fn(params: SteeringParams, model: Decoder, steering: Steering, data: StepData, config: StepConfig):
+    logprobs = response_logprobs(model, steering, params, data, config.vocab_chunk)
+    if config.objective == "lang":
+        return lang_loss(logprobs, data.target_mask)
+    return simpo_loss(logprobs, data.target_mask, data.reference)
+
+
+def _renormalise(steering: Steering, params: SteeringParams) -> SteeringParams:
+    """Unit-norm steering vectors get v / |v| after each update."""
+    out = dict(params)
+    for site in steering.sites:
+        if isinstance(site.kind, SteeringVector) and site.kind.unit_norm:
+            v = params[site.name]["v"]
+            out[site.name] = {**params[site.name], "v": v / jnp.linalg.norm(v.astype(jnp.float32)).astype(v.dtype)}
+    return out
+
+
+def make_train_step(steering: Steering, config: StepConfig, tx: optax.GradientTransformation, labels: dict,
+                    lr_fraction: Callable, grad_accum: int = 1) -> Callable:
+    """step(model, state, lrs, data) -> (state, metrics) for ONE run; lrs: {group: peak learning rate}."""
+
+    def step(model: Decoder, state: TrainState, lrs: dict, data: StepData):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, model, steering, data, config)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates = scale_by_group_lr(updates, labels, lrs)
+        params = _renormalise(steering, optax.apply_updates(state.params, updates))
+        finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
+        alive = state.alive & jnp.isfinite(loss) & (loss < config.blowup_loss) & finite
+        keep = lambda new, old: jnp.where(alive, new, old)  # noqa: E731  a diverged run stays frozen
+        fraction = lr_fraction(state.step // grad_accum)
+        metrics = {"loss": loss, "alive": alive,
+                   **{f"grad_norm/{g}": n for g, n in group_norms(grads, labels).items()},
+                   **{f"lr/{g}": lrs[g] * fraction for g in lrs}}
+        for site in steering.sites:
+            if isinstance(site.kind, SteeringVector):
+                metrics[f"alpha/{site.name}"] = state.params[site.name]["alpha"].astype(jnp.float32)
+                metrics[f"v_norm/{site.name}"] = jnp.linalg.norm(state.params[site.name]["v"].astype(jnp.float32))
+        new_state = TrainState(jax.tree.map(keep, params, state.params),
+                               jax.tree.map(keep, opt_state, state.opt_state), state.step + 1, alive)
+        return new_state, metrics
+
+    return step

@@ -1,0 +1,319 @@
+"""Training many steering runs at once: grids of (hyperparameters x seeds x datasets), vmapped in groups.
+
+Runs share the frozen model weights and one compiled step; each run has its own init, learning rates, data order
+and optimiser state. A group of runs is checkpointed together and resumes where it stopped; a diverged run is
+flagged and frozen while the others go on. Results per run: the saved steering, a JSONL of metrics, a summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from prosv_jax.interventions.io import save_steering
+from prosv_jax.interventions.transform import Steering
+from prosv_jax.models.decoder import Decoder
+from prosv_jax.training.batch import TrainBatch
+from prosv_jax.training.checkpoint import RunCheckpoints
+from prosv_jax.training.data import TrainDataset, batch_indices, steps_per_epoch
+from prosv_jax.training.optim import OptimConfig, make_optimizer, param_labels, schedule_fraction
+from prosv_jax.training.step import (StepConfig, StepData, TrainState, make_train_step, prefix_residuals,
+                                     reference_logprob_sums)
+
+PREFIX_CACHE = ("device", "host", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run: its name, seed, dataset, and overrides of the steering init and of the group learning rates."""
+
+    name: str
+    seed: int = 42
+    dataset: str = "default"
+    init: tuple[tuple[str, float], ...] = ()  # e.g. (("beta", 4.0), ("c", 8.0))
+    lrs: tuple[tuple[str, float], ...] = ()  # e.g. (("factor", 10.0), ("direction", 0.04))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 12
+    prefix_cache: str = "device"  # device | host | off: where the cached block-L residuals live
+    runs_per_program: int = 4  # runs vmapped together; on a CPU one run already fills the machine
+    param_dtype: str = "float32"
+    checkpoint_every: int = 0  # micro-steps between checkpoints; 0 = at the end of each group only
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.prefix_cache not in PREFIX_CACHE:
+            raise ValueError(f"prefix_cache must be one of {PREFIX_CACHE}, got {self.prefix_cache!r}")
+
+
+def _pad_batch(batch: TrainBatch, length: int, slots: int) -> TrainBatch:
+    """Pads a packed batch to T=length and R=slots (right padding; masks stay False there)."""
+    pad_t, pad_r = length - batch.tokens.shape[1], slots - batch.target_ids.shape[1]
+    t = lambda a: np.pad(a, ((0, 0), (0, pad_t)))  # noqa: E731  [N, T] -> [N, length]
+    r = lambda a: np.pad(a, ((0, 0), (0, pad_r)))  # noqa: E731  [N, R] -> [N, slots]
+    return TrainBatch(t(batch.tokens), t(batch.valid), t(batch.prompt_mask), r(batch.target_index),
+                      r(batch.target_ids), r(batch.target_mask))
+
+
+def union_dataset(datasets: Sequence[TrainDataset]) -> tuple[TrainDataset, list[int]]:
+    """One dataset holding all of `datasets` at a common shape, and each one's row offset in it."""
+    length = max(d.positives.tokens.shape[1] for d in datasets)
+    slots = max(d.positives.target_ids.shape[1] for d in datasets)
+    paired = {d.paired for d in datasets}
+    if len(paired) != 1:
+        raise ValueError("runs trained together must all have negatives (SimPO) or none (Lang)")
+    cat = lambda parts: TrainBatch(*(np.concatenate(f) for f in zip(*[_pad_batch(p, length, slots)  # noqa: E731
+                                                                       for p in parts])))
+    offsets = list(np.cumsum([0] + [len(d) for d in datasets])[:-1])
+    negatives = cat([d.negatives for d in datasets]) if paired.pop() else None
+    return TrainDataset(cat([d.positives for d in datasets]), negatives), offsets
+
+
+class _DeviceData:
+    """A group's union dataset with its cached prefix and reference log-probs; gathers per-run batches."""
+
+    def __init__(self, model: Decoder, steering: Steering, dataset: TrainDataset, config: TrainConfig,
+                 step_config: StepConfig):
+        self.paired = dataset.paired
+        rows = [dataset.positives] + ([dataset.negatives] if dataset.paired else [])
+        self.arrays = [TrainBatch(*(jnp.asarray(a) for a in r)) for r in rows]
+        self.prefix = None
+        self.reference = [jnp.zeros(len(dataset), jnp.float32) for _ in rows]
+        if config.prefix_cache != "off":
+            to_host = config.prefix_cache == "host"
+            self.prefix = [self._map(model, functools.partial(_prefix, steering=steering), r, to_host)
+                           for r in self.arrays]
+        if step_config.objective == "simpo":
+            self.reference = [self._map(model, functools.partial(_reference, chunk=step_config.vocab_chunk), r,
+                                        False) for r in self.arrays]
+
+    @staticmethod
+    def _map(model, fn, rows: TrainBatch, to_host: bool, chunk: int = 16):
+        """fn over the dataset in row chunks (bounded memory), concatenated on device or host."""
+        graphdef, state = nnx.split(model)
+        outputs = []
+        for start in range(0, rows.tokens.shape[0], chunk):
+            part = TrainBatch(*(a[start:start + chunk] for a in rows))
+            out = fn(graphdef, state, part)
+            outputs.append(np.asarray(out) if to_host else out)
+        return np.concatenate(outputs) if to_host else jnp.concatenate(outputs)
+
+    def gather(self, indices: np.ndarray, row_mask: np.ndarray) -> StepData:
+        """StepData [K, B', ...] for per-run example indices [K, B] (B' = 2B with negatives)."""
+        parts = []
+        for i, rows in enumerate(self.arrays):
+            prefix = None
+            if self.prefix is not None:
+                source = self.prefix[i]
+                prefix = source[indices] if isinstance(source, np.ndarray) else jnp.take(source, indices, axis=0)
+            parts.append(_gather_rows(rows, self.reference[i], prefix, jnp.asarray(indices), jnp.asarray(row_mask)))
+        if len(parts) == 1:
+            return parts[0]
+        return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), parts[0], parts[1])
+
+
+@jax.jit
+def _gather_rows(rows: TrainBatch, reference, prefix, indices, row_mask) -> StepData:
+    take = lambda a: jnp.take(a, indices, axis=0)  # noqa: E731  [N, ...] -> [K, B, ...]
+    return StepData(take(rows.tokens), take(rows.valid), take(rows.prompt_mask), take(rows.target_index),
+                    take(rows.target_ids), take(rows.target_mask) & row_mask[..., None], take(reference),
+                    prefix)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "steering"))
+def _prefix(graphdef, state, rows: TrainBatch, *, steering):
+    return prefix_residuals(nnx.merge(graphdef, state), steering, rows.tokens, rows.valid)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "chunk"))
+def _reference(graphdef, state, rows: TrainBatch, *, chunk):
+    data = StepData(rows.tokens, rows.valid, rows.prompt_mask, rows.target_index, rows.target_ids,
+                    rows.target_mask, jnp.zeros(rows.tokens.shape[0]))
+    return reference_logprob_sums(nnx.merge(graphdef, state), data, chunk)
+
+
+class Trainer:
+    """Trains lists of runs of one steering spec on named datasets; writes everything under `out_dir`."""
+
+    def __init__(self, model: Decoder, steering: Steering, datasets: dict[str, TrainDataset], out_dir: str,
+                 optim: OptimConfig = OptimConfig(), step_config: StepConfig = StepConfig(),
+                 config: TrainConfig = TrainConfig(), metadata: dict | None = None):
+        steering.validate(model.cfg)
+        for name, dataset in datasets.items():
+            if step_config.objective == "simpo" and not dataset.paired:
+                raise ValueError(f"dataset {name!r} has no negatives: the SimPO objective needs a concept-free "
+                                 "response per example")
+        self.model, self.steering, self.datasets = model, steering, datasets
+        self.optim, self.step_config, self.config = optim, step_config, config
+        self.out_dir = out_dir
+        self.metadata = metadata or {}
+        self.param_dtype = jnp.dtype(config.param_dtype)
+        os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
+
+    # --- set-up of one group of runs ------------------------------------------------------------------------
+
+    def _init_params(self, run: RunSpec):
+        overrides = dict(run.init)
+        sites = []
+        for site in self.steering.sites:
+            fields = {f.name for f in dataclasses.fields(site.kind)}
+            unknown = set(overrides) - fields
+            if unknown:
+                raise ValueError(f"run {run.name!r}: init override(s) {sorted(unknown)} are not fields of "
+                                 f"{type(site.kind).__name__} ({sorted(fields)})")
+            sites.append(dataclasses.replace(site, kind=dataclasses.replace(site.kind, **overrides)))
+        return Steering(tuple(sites)).init_params(jax.random.key(run.seed), self.model.cfg, self.param_dtype)
+
+    def _learning_rates(self, run: RunSpec) -> dict[str, float]:
+        base = {"factor": self.optim.factor_lr, "direction": self.optim.direction_lr, "other": self.optim.other_lr}
+        unknown = set(dict(run.lrs)) - set(base)
+        if unknown:
+            raise ValueError(f"run {run.name!r}: learning-rate group(s) {sorted(unknown)} unknown; groups: "
+                             f"{sorted(base)}")
+        optim = dataclasses.replace(self.optim, **{f"{g}_lr": v for g, v in run.lrs})
+        return optim.learning_rates(self.model.cfg.hidden_size)
+
+    def _total_steps(self, dataset: TrainDataset) -> int:
+        return self.config.epochs * steps_per_epoch(len(dataset), self.config.batch_size)
+
+    # --- training ---------------------------------------------------------------------------------------------
+
+    def train(self, runs: Sequence[RunSpec]) -> dict[str, dict]:
+        """Trains every run (resuming finished work); returns {run name: summary}."""
+        names = [r.name for r in runs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"run names must be unique, got {names}")
+        missing = sorted({r.dataset for r in runs} - set(self.datasets))
+        if missing:
+            raise ValueError(f"runs name unknown dataset(s) {missing}; known: {sorted(self.datasets)}")
+        summaries = {}
+        for start in range(0, len(runs), self.config.runs_per_program):
+            group = list(runs[start:start + self.config.runs_per_program])
+            summaries.update(self._train_group(group, start // self.config.runs_per_program))
+        with open(os.path.join(self.out_dir, "summary.json"), "w") as f:
+            json.dump(summaries, f, indent=2, sort_keys=True)
+        return summaries
+
+    def _train_group(self, group: list[RunSpec], index: int) -> dict[str, dict]:
+        group_dir = os.path.join(self.out_dir, "groups", f"group-{index:04d}")
+        done_file = os.path.join(group_dir, "done.json")
+        if os.path.isfile(done_file):
+            with open(done_file) as f:
+                return json.load(f)
+        dataset_names = sorted({r.dataset for r in group})
+        union, offsets = union_dataset([self.datasets[n] for n in dataset_names])
+        offset = {n: o for n, o in zip(dataset_names, offsets)}
+        sizes = {n: len(self.datasets[n]) for n in dataset_names}
+        total = max(self._total_steps(self.datasets[r.dataset]) for r in group)
+        if len({self._total_steps(self.datasets[r.dataset]) for r in group}) > 1:
+            raise ValueError("runs trained together need datasets of equal size (same number of steps)")
+        params = [self._init_params(r) for r in group]
+        updates_total = -(-total // self.optim.grad_accum)
+        graphdef, model_state = nnx.split(self.model)
+        tx, run_step = _group_program(graphdef, self.model.cfg, self.steering, self.step_config, self.optim, updates_total)
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
+        state = TrainState(stacked, jax.vmap(tx.init)(stacked), jnp.zeros(len(group), jnp.int32),
+                           jnp.ones(len(group), bool))
+        lrs = {g: jnp.asarray([self._learning_rates(r)[g] for r in group], jnp.float32)
+               for g in ("factor", "direction", "other")}
+        checkpoints = RunCheckpoints(os.path.join(group_dir, "checkpoints"))
+        metrics_path = os.path.join(group_dir, "metrics.jsonl")
+        first_step = 0
+        if checkpoints.latest_step() is not None:
+            state, _ = checkpoints.restore(state)
+            first_step = int(checkpoints.latest_step())
+        _truncate_metrics(metrics_path, first_step)
+
+        data = _DeviceData(self.model, self.steering, union, self.config, self.step_config)
+        meta = {"runs": [dataclasses.asdict(r) for r in group], **self.metadata}
+        bar = tqdm(range(first_step, total), desc=f"group {index}", disable=not self.config.progress,
+                   initial=first_step, total=total)
+        with open(metrics_path, "a") as log:
+            for step in bar:
+                picks = [batch_indices(r.seed, step, sizes[r.dataset], self.config.batch_size) for r in group]
+                indices = np.stack([p[0] + offset[r.dataset] for p, r in zip(picks, group)])  # [K, B]
+                row_mask = np.stack([p[1] for p in picks])
+                state, metrics = run_step(model_state, state, lrs, data.gather(indices, row_mask))
+                metrics = jax.device_get(metrics)
+                for k, run in enumerate(group):
+                    log.write(json.dumps({"run": run.name, "step": step,
+                                          **{m: _scalar(v[k]) for m, v in metrics.items()}}) + "\n")
+                bar.set_postfix(loss=f"{np.nanmean(metrics['loss']):.3f}", alive=int(metrics["alive"].sum()))
+                every = self.config.checkpoint_every
+                if every and (step + 1) % every == 0 and step + 1 < total:
+                    log.flush()
+                    checkpoints.save(step + 1, state, meta)
+        checkpoints.save(total, state, meta)
+        checkpoints.close()
+        summaries = self._finish(group, state, metrics_path)
+        with open(done_file, "w") as f:
+            json.dump(summaries, f, indent=2, sort_keys=True)
+        return summaries
+
+    def _finish(self, group: list[RunSpec], state: TrainState, metrics_path: str) -> dict[str, dict]:
+        """Saves each run's steering and returns its summary (final and best loss, diverged flag)."""
+        losses: dict[str, list[float]] = {r.name: [] for r in group}
+        with open(metrics_path) as f:
+            for line in f:
+                record = json.loads(line)
+                losses[record["run"]].append(record["loss"])
+        summaries = {}
+        for k, run in enumerate(group):
+            params = jax.tree.map(lambda x: x[k], state.params)
+            alive = bool(state.alive[k])
+            run_dir = os.path.join(self.out_dir, "runs", run.name)
+            info = {"run": dataclasses.asdict(run), "diverged": not alive, **self.metadata}
+            save_steering(run_dir, self.steering, params, self.model.cfg, info=info)
+            finite = [x for x in losses[run.name] if np.isfinite(x)]
+            summaries[run.name] = {
+                "diverged": not alive, "steps": int(state.step[k]), "final_loss": finite[-1] if finite else None,
+                "best_loss": min(finite) if finite else None, "steering": run_dir,
+                "learning_rates": self._learning_rates(run), "seed": run.seed, "dataset": run.dataset,
+                "init": dict(run.init)}
+        return summaries
+
+
+@functools.lru_cache(maxsize=16)
+def _group_program(graphdef, model_cfg, steering: Steering, step_config: StepConfig, optim: OptimConfig, updates_total: int):
+    """(optimizer, jit(vmap(step))) for a group of runs; cached, so every group of a grid shares one program.
+
+    The learning rates and the init are data, so runs that differ only in them compile once. The train
+    state's buffers are donated.
+    """
+    labels = param_labels(steering, jax.eval_shape(lambda: steering.init_params(jax.random.key(0), model_cfg)))
+    tx = make_optimizer(optim, labels, updates_total)
+    step_fn = make_train_step(steering, step_config, tx, labels, schedule_fraction(optim, updates_total),
+                              optim.grad_accum)
+
+    def group_step(model_state, state, lrs, data):
+        model = nnx.merge(graphdef, model_state)
+        return jax.vmap(step_fn, in_axes=(None, 0, 0, 0))(model, state, lrs, data)
+
+    return tx, jax.jit(group_step, donate_argnums=(1,))
+
+
+def _scalar(value) -> Any:
+    value = np.asarray(value)
+    return bool(value) if value.dtype == bool else float(value)
+
+
+def _truncate_metrics(path: str, first_step: int) -> None:
+    """Drops metric lines past a resumed checkpoint, so a resumed run never logs a step twice."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if json.loads(line)["step"] < first_step]
+    with open(path, "w") as f:
+        f.writelines(kept)
