@@ -48,6 +48,7 @@ class StepConfig:
     objective: str = "lang"
     vocab_chunk: int = 32768
     blowup_loss: float = 1e4  # a finite loss above this also marks the run as diverged
+    blowup_edit_norm: float = 1e6  # so does a steering vector whose |alpha * v| exceeds this (feature blow-up)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -99,6 +100,14 @@ def _renormalise(steering: Steering, params: SteeringParams) -> SteeringParams:
     return out
 
 
+def _largest_edit_norm(steering: Steering, params: SteeringParams) -> jax.Array:
+    """max over steering-vector sites of |alpha| * |v| (0 when there is none)."""
+    norms = [jnp.abs(params[s.name]["alpha"].astype(jnp.float32)) * jnp.linalg.norm(
+        s.kind.direction(params[s.name]).astype(jnp.float32)) for s in steering.sites
+        if isinstance(s.kind, SteeringVector)]
+    return jnp.max(jnp.stack(norms)) if norms else jnp.float32(0)
+
+
 def make_train_step(steering: Steering, config: StepConfig, tx: optax.GradientTransformation, labels: dict,
                     lr_fraction: Callable, grad_accum: int = 1) -> Callable:
     """step(model, state, lrs, data) -> (state, metrics) for ONE run; lrs: {group: peak learning rate}."""
@@ -109,7 +118,8 @@ def make_train_step(steering: Steering, config: StepConfig, tx: optax.GradientTr
         updates = scale_by_group_lr(updates, labels, lrs)
         params = _renormalise(steering, optax.apply_updates(state.params, updates))
         finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
-        alive = state.alive & jnp.isfinite(loss) & (loss < config.blowup_loss) & finite
+        alive = state.alive & jnp.isfinite(loss) & (loss < config.blowup_loss) & finite & (
+            _largest_edit_norm(steering, params) < config.blowup_edit_norm)
         keep = lambda new, old: jnp.where(alive, new, old)  # noqa: E731  a diverged run stays frozen
         fraction = lr_fraction(state.step // grad_accum)
         metrics = {"loss": loss, "alive": alive,

@@ -228,6 +228,8 @@ class Trainer:
                            jnp.ones(len(group), bool))
         lrs = {g: jnp.asarray([self._learning_rates(r)[g] for r in group], jnp.float32)
                for g in ("factor", "direction", "other")}
+        # Committed like the step's outputs, so the first step and the later ones share one compiled program.
+        state, lrs = jax.device_put((state, lrs), jax.devices()[0])
         checkpoints = RunCheckpoints(os.path.join(group_dir, "checkpoints"))
         metrics_path = os.path.join(group_dir, "metrics.jsonl")
         first_step = 0
