@@ -1,0 +1,62 @@
+"""AlpacaEval instructions for the steering evaluation (method.md section 4, data.md ``alpaca_eval``)."""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import random
+from typing import Sequence
+
+
+def load_alpaca_instructions(path: str | os.PathLike) -> list[str]:
+    """Read ``alpaca_eval/instructions.json``: a JSON list ``[{"dataset": ..., "instruction": ...}, ...]``.
+
+    Returns the instruction strings in file order (the order matters: sampling picks indices into this list).
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for invalid JSON or a wrong schema (not a list,
+    an entry without a string ``"instruction"``, an empty list).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"AlpacaEval instructions file not found: {path} "
+                                f"(expected shared/data/alpaca_eval/instructions.json or a copy of it)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"AlpacaEval instructions file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, list):
+        raise ValueError(f"AlpacaEval instructions file {path} must hold a JSON list of "
+                         f'{{"dataset": ..., "instruction": ...}} objects, got a {type(data).__name__}')
+    if not data:
+        raise ValueError(f"AlpacaEval instructions file {path} holds an empty list")
+    out = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict) or not isinstance(item.get("instruction"), str):
+            raise ValueError(f"AlpacaEval instructions file {path}: entry {i} has no string 'instruction' field "
+                             f'(expected {{"dataset": ..., "instruction": ...}}), got {str(item)[:80]!r}')
+        out.append(item["instruction"])
+    return out
+
+
+def sample_instructions(instructions: Sequence[str], concept_id: int, n: int = 10) -> list[tuple[int, str]]:
+    """Pick ``n`` instructions for one concept, seeded by the concept id: ``[(index, text), ...]``.
+
+    The sampler is ``random.Random(concept_id).sample(range(len(instructions)), n)`` (Python's Mersenne Twister,
+    without replacement, in the order drawn): deterministic across runs, platforms and Python versions >= 3.2, and
+    different for different concept ids.  AxBench also seeds its draw with the concept id, but its exact sampler is not
+    reproduced bit-for-bit here, so the chosen instructions generally differ from AxBench's (the protocol, 10
+    instructions per concept seeded by its id, is the same).  Position ``k`` in the returned list is "instruction k" in
+    factor selection (choose on 0-4, report on 5-9).
+    """
+    try:
+        seed = operator.index(concept_id)
+    except TypeError:
+        raise TypeError(f"concept_id must be an integer, got {type(concept_id).__name__}") from None
+    n = operator.index(n)
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if n > len(instructions):
+        raise ValueError(f"cannot sample {n} instructions from a list of {len(instructions)}")
+    idx = random.Random(seed).sample(range(len(instructions)), n)
+    return [(i, instructions[i]) for i in idx]

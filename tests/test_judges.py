@@ -1,0 +1,404 @@
+"""Judges against a real chat-completions server on 127.0.0.1 (tests/judge_server.py), rubric parsing and templates."""
+
+import json
+import logging
+import os
+import pickle
+import time
+import traceback
+
+import pytest
+
+from judge_server import JudgeServer, expected_rating, judge_reply
+from prosv_jax.evaluation import (DEFAULT_TEMPLATES, FACTORS, Judge, JudgeError, LocalJudge, OpenAIJudge,
+                                  RatingRequest, RubricTemplates, answer_requests, cache_key, load_rubric_templates,
+                                  parse_rating, rate_answers, render_template, score_concepts)
+
+SECRET = "sk-test-SECRET-7f3a9c1e5b"
+
+# (concept, instruction, answer) -> hand-computed (concept, instruction, fluency) ratings (rules in judge_server.py)
+ITEMS = [
+    ("golf", "Describe a sunny day.", "A sunny day is perfect for golf with friends.", (2, 2, 2)),
+    ("golf", "Give me a cake recipe.", "Mix flour and sugar, then drift into talk of golf.", (2, 1, 2)),
+    ("golf", "Name three rivers.", "The Nile, the Amazon, the Danube.", (0, 2, 2)),
+    ("Paris", "What is 2+2?", "offtopic: I adore paris in spring", (2, 0, 2)),
+    ("Paris", "Write a haiku.", "clunky words of Paris light", (2, 2, 1)),
+    ("Paris", "Explain tides.", "garbled garbled Paris paris", (2, 2, 0)),
+]
+
+
+def all_requests(items=ITEMS):
+    return [r for c, i, a, _ in items for r in answer_requests(c, i, a)]
+
+
+def expected_values(items=ITEMS):
+    return [v for *_, exp in items for v in exp]
+
+
+@pytest.fixture
+def make_server():
+    servers = []
+
+    def make(**kw):
+        kw.setdefault("lifetime", 60)
+        s = JudgeServer(**kw).start()
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch):
+    for k in ("PROSV_JUDGE_BASE_URL", "PROSV_JUDGE_MODEL", "PROSV_JUDGE_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(k, raising=False)
+
+
+def fast_judge(server, tmp_path=None, **kw):
+    kw.setdefault("backoff_base", 0.01)
+    kw.setdefault("timeout", 5.0)
+    kw.setdefault("max_concurrency", 4)
+    return OpenAIJudge(model="judge-test", base_url=server.base_url,
+                       cache_dir=None if tmp_path is None else tmp_path / "cache", **kw)
+
+
+def cache_files(root):
+    return [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# rating parsing and rubric templates
+
+@pytest.mark.parametrize("text,expected", [
+    ("Looks good.\nRating: [[2]]", (2, True)),
+    ("rating: [[ 1 ]]", (1, True)),
+    ("**Rating:** [[0]]", (0, True)),
+    ("Rating: [[2.0]]", (2, True)),
+    ("first Rating: [[0]] then on reflection\nRating: [[1]]", (1, True)),
+    ("the answer deserves [[2]]", (2, True)),
+    ("Rating: 2", (0, False)),
+    ("Rating: [[3]]", (0, False)),
+    ("Rating: [[1.5]]", (0, False)),
+    ("I cannot decide.", (0, False)),
+    ("", (0, False)),
+    (None, (0, False)),
+])
+def test_parse_rating(text, expected):
+    assert parse_rating(text) == expected
+
+
+def test_default_rubric_prompts():
+    for factor in FACTORS:
+        text = DEFAULT_TEMPLATES.template(factor)
+        assert "Rating: [[N]]" in text and "0, 1 or 2" in text
+    p = DEFAULT_TEMPLATES.render("concept", concept="golf", instruction="XYZINSTR", answer="I like {concept} {x}")
+    assert "Concept: golf" in p and "I like {concept} {x}" in p  # single-pass, other braces kept
+    assert "XYZINSTR" not in p
+    p = DEFAULT_TEMPLATES.render("instruction", concept="golf", instruction="Say hi", answer="hi")
+    assert "Say hi" in p and "golf" not in p
+    with pytest.raises(ValueError, match="unknown rubric factor"):
+        RatingRequest("style", "c", "i", "a")
+
+
+def test_load_official_template_file(tmp_path):
+    path = tmp_path / "axbench_templates.json"
+    tpl = {"concept": "Is {concept} in: {answer}? JSON like {\"a\": 1}. Rating: [[score]]",
+           "instruction": "Does {answer} follow {instruction}? Rating: [[score]]",
+           "fluency": "Is {answer} fluent? Rating: [[score]]", "extra": "ignored"}
+    path.write_text(json.dumps(tpl))
+    t = load_rubric_templates(path)
+    assert t.source == str(path)
+    assert t.render("concept", concept="golf", instruction="", answer="x") == \
+        'Is golf in: x? JSON like {"a": 1}. Rating: [[score]]'
+    req = RatingRequest("concept", "golf", "i", "x")
+    assert cache_key(t.concept, req, "m") != cache_key(DEFAULT_TEMPLATES.concept, req, "m")
+
+    # a local judge uses them verbatim
+    seen = []
+    judge = LocalJudge(lambda ps: seen.extend(ps) or ["Rating: [[1]]"] * len(ps), "fake", templates=t)
+    assert [r.value for r in judge.rate([req])] == [1]
+    assert seen == ['Is golf in: x? JSON like {"a": 1}. Rating: [[score]]']
+
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_rubric_templates(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_rubric_templates(bad)
+    bad.write_text(json.dumps({"concept": tpl["concept"], "instruction": tpl["instruction"]}))
+    with pytest.raises(ValueError, match=r"lacks key\(s\) \['fluency'\]"):
+        load_rubric_templates(bad)
+    bad.write_text(json.dumps({**tpl, "instruction": "Does {answer} follow?"}))
+    with pytest.raises(ValueError, match=r"'instruction' lacks placeholder\(s\) \{instruction\}"):
+        load_rubric_templates(bad)
+    bad.write_text(json.dumps(["a", "b"]))
+    with pytest.raises(ValueError, match="JSON object"):
+        load_rubric_templates(bad)
+    assert render_template("{answer}{concept}", concept="{answer}", instruction="", answer="A") == "A{answer}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# OpenAI-compatible judge against the local server
+
+def test_ratings_usage_and_request_format(make_server, tmp_path):
+    server = make_server()
+    judge = fast_judge(server, tmp_path, max_tokens=77)
+    assert isinstance(judge, Judge)
+    ratings = judge.rate(all_requests())
+    assert [r.value for r in ratings] == expected_values()
+    assert [r.factor for r in ratings] == list(FACTORS) * len(ITEMS)
+    assert all(r.ok and not r.cached for r in ratings)
+    assert [expected_rating(r.factor, r.concept, r.instruction, r.answer) for r in all_requests()] == \
+        expected_values()
+    st = judge.stats
+    n = 3 * len(ITEMS)
+    assert (st.requests_sent, st.retries, st.cache_hits, st.rated, st.malformed, st.failures) == (n, 0, 0, n, 0, 0)
+    assert server.request_count == n
+    assert st.prompt_tokens == server.prompt_tokens > 0
+    assert st.completion_tokens == server.completion_tokens == 4 * n  # "<factor> judged.\nRating: [[N]]"
+    body = server.bodies[0]
+    assert body["model"] == "judge-test" and body["temperature"] == 0 and body["max_tokens"] == 77
+    assert [m["role"] for m in body["messages"]] == ["user"]
+    assert server.auth_headers == set()  # no key configured -> no Authorization header
+
+    # grouped per answer, then scored
+    per_answer = rate_answers(judge, [(c, i, a) for c, i, a, _ in ITEMS])
+    assert [tuple(d[f].value for f in FACTORS) for d in per_answer] == [exp for *_, exp in ITEMS]
+    scores = score_concepts({"golf": per_answer[:3], "Paris": per_answer[3:]})
+    assert scores.per_answer["golf"] == [2.0, 1.5, 0.0]
+    assert scores.per_answer["Paris"] == [0.0, pytest.approx(1.5), 0.0]
+    assert scores.overall == pytest.approx((3.5 / 3 + 1.5 / 3) / 2)
+
+
+def test_retries_on_429_5xx_and_timeouts(make_server, tmp_path):
+    server = make_server(script=[429, 500, "slow", 503, 429, 502, "slow"], slow_seconds=3.0)
+    judge = fast_judge(server, tmp_path, timeout=0.5, max_concurrency=3)
+    t0 = time.monotonic()
+    ratings = judge.rate(all_requests())
+    assert time.monotonic() - t0 < 10
+    assert [r.value for r in ratings] == expected_values()
+    n = 3 * len(ITEMS)
+    st = judge.stats
+    assert st.retries == 7 and st.failures == 0
+    assert st.requests_sent == server.request_count == n + 7
+    assert server.statuses.count("ok") == n
+    assert st.prompt_tokens == server.prompt_tokens  # failed attempts report no usage
+
+
+def test_backoff_is_exponential_and_respects_retry_after(make_server):
+    server = make_server(script=[500, 500, 500])
+    judge = fast_judge(server, max_concurrency=1, backoff_base=0.01)
+    waits = []
+    judge._wait = lambda stop, d: waits.append(d) or False
+    assert judge.rate(all_requests()[:1])[0].value == 2
+    assert len(waits) == 3
+    for k, d in enumerate(waits):  # base * 2**k, jittered into [50%, 100%]
+        assert 0.005 * 2 ** k <= d <= 0.01 * 2 ** k
+
+    server = make_server(script=[429, 429], retry_after="7")
+    judge = fast_judge(server, max_concurrency=1, backoff_base=0.01)
+    waits = []
+    judge._wait = lambda stop, d: waits.append(d) or False
+    assert judge.rate(all_requests()[:1])[0].value == 2
+    assert waits == [7.0, 7.0]
+
+
+def test_other_4xx_not_retried(make_server, tmp_path):
+    server = make_server(refuse=400)
+    judge = fast_judge(server, tmp_path, max_concurrency=1)
+    with pytest.raises(JudgeError, match="HTTP 400.*not retried") as ei:
+        judge.rate(all_requests()[:3])
+    assert server.request_count == 1 and judge.stats.retries == 0
+    assert ei.value.n_succeeded == 0 and ei.value.n_failed == 1 and ei.value.n_skipped == 2
+
+
+def test_cache_makes_rerun_free(make_server, tmp_path):
+    server = make_server()
+    reqs = all_requests()
+    first = fast_judge(server, tmp_path).rate(reqs)
+    sent = server.request_count
+    assert sent == len(reqs)
+    assert len(cache_files(tmp_path / "cache")) == len(reqs)
+
+    judge = fast_judge(server, tmp_path)  # a fresh judge, as in a rerun of the stage
+    again = judge.rate(reqs)
+    assert server.request_count == sent  # zero requests
+    assert [r.value for r in again] == [r.value for r in first]
+    assert all(r.cached for r in again)
+    assert judge.stats.cache_hits == len(reqs) and judge.stats.requests_sent == 0
+    assert judge.stats.prompt_tokens == 0
+
+    # the key covers the model and the template text
+    other_model = OpenAIJudge(model="another-judge", base_url=server.base_url, cache_dir=tmp_path / "cache")
+    other_model.rate(reqs[:1])
+    assert server.request_count == sent + 1
+    tpl = RubricTemplates(concept=DEFAULT_TEMPLATES.concept + "\nBe strict.")
+    fast_judge(server, tmp_path, templates=tpl).rate(reqs[:1])  # reqs[0] is a concept request
+    assert server.request_count == sent + 2
+
+    # duplicates within one call are sent once
+    server2 = make_server()
+    fast_judge(server2).rate(reqs[:2] * 3)
+    assert server2.request_count == 2
+
+
+def test_concurrency_is_bounded(make_server):
+    server = make_server(delay=0.1)
+    reqs = [RatingRequest("fluency", "c", "i", f"answer number {k}") for k in range(18)]
+    judge = fast_judge(server, max_concurrency=3)
+    assert all(r.value == 2 for r in judge.rate(reqs))
+    assert server.request_count == 18
+    assert 2 <= server.max_in_flight <= 3
+
+
+def test_api_key_never_leaks(make_server, tmp_path, monkeypatch, caplog, capsys):
+    monkeypatch.setenv("PROSV_JUDGE_API_KEY", SECRET)
+    server = make_server(script=[429, 500], refuse=401, refuse_after=4, echo_auth_on_error=True)
+    caplog.set_level(logging.DEBUG)
+    judge = OpenAIJudge(model="judge-test", base_url=server.base_url, cache_dir=tmp_path / "cache",
+                        max_concurrency=1, backoff_base=0.001)
+    with pytest.raises(JudgeError) as ei:
+        judge.rate(all_requests())
+    assert server.auth_headers == {"Bearer " + SECRET}  # the key was used ...
+    assert "invalid credentials" in str(ei.value) and "***" in str(ei.value)  # ... the server echoed it, scrubbed
+    texts = [repr(judge), str(judge), json.dumps(judge.config()), str(ei.value), repr(ei.value),
+             "".join(traceback.format_exception(ei.value)), caplog.text, *capsys.readouterr(),
+             repr(vars(judge)), repr(judge.stats)]
+    texts += [open(f, encoding="utf-8").read() for f in cache_files(tmp_path / "cache")]
+    assert len(cache_files(tmp_path / "cache")) == 4
+    for t in texts:
+        assert SECRET not in t
+    assert judge.config()["api_key_set"] is True and "api_key=<set>" in repr(judge)
+    with pytest.raises(TypeError):
+        pickle.dumps(judge)
+
+    # OPENAI_API_KEY is the fallback
+    monkeypatch.delenv("PROSV_JUDGE_API_KEY")
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET + "2")
+    server2 = make_server()
+    OpenAIJudge(model="m", base_url=server2.base_url).rate(all_requests()[:1])
+    assert server2.auth_headers == {"Bearer " + SECRET + "2"}
+
+
+def test_settings_from_environment(make_server, monkeypatch):
+    server = make_server()
+    monkeypatch.setenv("PROSV_JUDGE_BASE_URL", server.base_url + "/")
+    monkeypatch.setenv("PROSV_JUDGE_MODEL", "env-model")
+    judge = OpenAIJudge()
+    assert judge.url == server.base_url + "/chat/completions" and judge.model == "env-model"
+    assert "api_key=<none>" in repr(judge)
+    judge.rate(all_requests()[:1])
+    assert server.bodies[0]["model"] == "env-model"
+    with pytest.raises(ValueError, match="http"):
+        OpenAIJudge(base_url="ftp://example")
+    with pytest.raises(ValueError, match="credentials") as ei:
+        OpenAIJudge(base_url=f"http://user:{SECRET}@127.0.0.1:1/v1")
+    assert SECRET not in str(ei.value)
+
+
+def test_refusing_endpoint_keeps_finished_work(make_server, tmp_path):
+    reqs = all_requests()
+    n = len(reqs)
+    # 5 replies, then 503 for ever (retryable: retried, then given up)
+    server = make_server(refuse=503, refuse_after=5)
+    judge = fast_judge(server, tmp_path, max_concurrency=2, max_retries=2)
+    with pytest.raises(JudgeError) as ei:
+        judge.rate(reqs)
+    err = ei.value
+    msg = str(err)
+    assert server.base_url + "/chat/completions" in msg
+    assert f"5 of {n} rated" in msg and "HTTP 503" in msg and "gave up after 3 attempts" in msg
+    assert str(tmp_path / "cache") in msg
+    assert err.n_succeeded == 5 and err.n_failed >= 1 and err.n_succeeded + err.n_failed + err.n_skipped == n
+    assert sum(r is not None for r in err.ratings) == 5
+    assert len(cache_files(tmp_path / "cache")) == 5
+    for r, q in zip(err.ratings, reqs):
+        if r is not None:
+            assert r.value == expected_rating(q.factor, q.concept, q.instruction, q.answer)
+
+    # a refusing-everything endpoint (401): nothing rated, clear error
+    dead = make_server(refuse=401)
+    with pytest.raises(JudgeError, match=rf"0 of {n} rated.*HTTP 401"):
+        fast_judge(dead, tmp_path / "other").rate(reqs)
+
+    # resume against a healthy endpoint: only the missing ones are sent
+    healthy = make_server()
+    judge = fast_judge(healthy, tmp_path)
+    assert [r.value for r in judge.rate(reqs)] == expected_values()
+    assert healthy.request_count == n - 5 and judge.stats.cache_hits == 5
+
+
+def test_connection_refused_is_retried_then_reported(tmp_path):
+    server = JudgeServer().start()
+    url = server.base_url
+    server.stop()  # nothing listens on that port any more
+    judge = OpenAIJudge(model="m", base_url=url, cache_dir=tmp_path, max_retries=2, backoff_base=0.001,
+                        max_concurrency=1)
+    with pytest.raises(JudgeError, match="connection error") as ei:
+        judge.rate(all_requests()[:2])
+    assert judge.stats.retries == 2 and judge.stats.requests_sent == 3
+    assert ei.value.n_skipped == 1
+
+
+def test_malformed_replies_count_as_default(make_server, tmp_path):
+    items = ITEMS[:2] + [("golf", "Tell a joke.", "MALFORMED golf joke", (0, 0, 0))]
+    server = make_server()
+    judge = fast_judge(server, tmp_path)
+    ratings = judge.rate(all_requests(items))
+    assert [r.value for r in ratings] == expected_values(items)
+    assert [r.ok for r in ratings] == [True] * 6 + [False] * 3
+    assert judge.stats.malformed == 3
+    assert "will not say" in ratings[-1].reply
+    # counted again when served from the cache
+    judge2 = fast_judge(server, tmp_path)
+    judge2.rate(all_requests(items))
+    assert judge2.stats.malformed == 3 and judge2.stats.cache_hits == 9
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# local judge
+
+def test_local_judge_caches_and_keeps_partial_work(tmp_path):
+    calls = []
+
+    def generate(prompts):
+        calls.append(len(prompts))
+        return [judge_reply(p) for p in prompts]
+
+    reqs = all_requests()
+    judge = LocalJudge(generate, "tiny-instruct", cache_dir=tmp_path / "c", batch_size=4)
+    assert [r.value for r in judge.rate(reqs)] == expected_values()
+    assert calls == [4, 4, 4, 4, 2] and judge.stats.requests_sent == len(reqs)
+    calls.clear()
+    judge2 = LocalJudge(generate, "tiny-instruct", cache_dir=tmp_path / "c")
+    assert [r.value for r in judge2.rate(reqs)] == expected_values()
+    assert calls == [] and judge2.stats.cache_hits == len(reqs)
+
+    # a chat template turns the rubric prompt into a chat prompt
+    seen = []
+    fmt = lambda msgs: "".join(f"<{m['role']}>\n{m['content']}\n</{m['role']}>" for m in msgs)  # noqa: E731
+    j = LocalJudge(lambda ps: seen.extend(ps) or [judge_reply(p) for p in ps], "chat", chat_format=fmt,
+                   system_prompt="You are a strict grader.")
+    assert j.rate(reqs[:1])[0].value == 2
+    assert seen[0].startswith("<system>\nYou are a strict grader.\n</system><user>\nCriterion: concept")
+
+    # generation fails on the second batch: the first batch is cached, the error says so
+    state = {"n": 0}
+
+    def flaky(prompts):
+        state["n"] += 1
+        if state["n"] == 2:
+            raise RuntimeError("out of memory")
+        return [judge_reply(p) for p in prompts]
+
+    judge3 = LocalJudge(flaky, "flaky", cache_dir=tmp_path / "f", batch_size=5)
+    with pytest.raises(JudgeError, match=r"local:flaky.*5 of 18 rated.*RuntimeError: out of memory") as ei:
+        judge3.rate(reqs)
+    assert ei.value.n_failed == 5 and ei.value.n_skipped == 8
+    assert len(cache_files(tmp_path / "f")) == 5
+    assert [r.value for r in LocalJudge(flaky, "flaky", cache_dir=tmp_path / "f").rate(reqs)] == expected_values()
+
+    with pytest.raises(JudgeError, match="returned 1 replies for 2 prompts"):
+        LocalJudge(lambda ps: ["Rating: [[1]]"], "short").rate(reqs[:2])

@@ -1,0 +1,161 @@
+"""Steering-score arithmetic, factor selection and AlpacaEval instruction sampling (hand-computed cases)."""
+
+import json
+import os
+
+import pytest
+
+from prosv_jax.evaluation import (Rating, answer_score, concept_score, harmonic_mean_score, load_alpaca_instructions,
+                                  overall_score, sample_instructions, score_concepts, select_factor)
+
+ALPACA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "alpaca_eval", "instructions.json")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# harmonic mean with the zero rule
+
+@pytest.mark.parametrize("ratings,expected", [
+    ((2, 2, 2), 2.0),
+    ((1, 1, 1), 1.0),
+    ((2, 1, 2), 1.5),          # 3 / (1/2 + 1 + 1/2)
+    ((2, 2, 1), 1.5),
+    ((1, 1, 2), 1.2),          # 3 / (1 + 1 + 1/2)
+    ((1, 2, 2), 1.5),
+    ((0, 2, 2), 0.0),          # any zero -> 0
+    ((2, 0, 2), 0.0),
+    ((2, 2, 0), 0.0),
+    ((0, 0, 0), 0.0),
+])
+def test_harmonic_mean_zero_rule(ratings, expected):
+    assert harmonic_mean_score(*ratings) == pytest.approx(expected)
+    assert answer_score(ratings) == pytest.approx(expected)
+    assert answer_score(dict(zip(("concept", "instruction", "fluency"), ratings))) == pytest.approx(expected)
+
+
+def test_answer_forms_and_bad_input():
+    as_ratings = {f: Rating(f, v, True, "") for f, v in zip(("concept", "instruction", "fluency"), (2, 1, 2))}
+    assert answer_score(as_ratings) == pytest.approx(1.5)
+    assert answer_score(0.75) == 0.75
+    with pytest.raises(ValueError, match="lack factor"):
+        answer_score({"concept": 2, "fluency": 2})
+    with pytest.raises(TypeError):
+        answer_score((2, 2))
+    with pytest.raises(ValueError):
+        harmonic_mean_score(-1, 2, 2)
+    with pytest.raises(ValueError, match="empty"):
+        concept_score([])
+    with pytest.raises(ValueError, match="no concepts"):
+        score_concepts({})
+    with pytest.raises(ValueError, match="concept 'c' has no answers"):
+        score_concepts({"c": []})
+
+
+def test_concept_and_overall_means():
+    answers = {
+        "c1": [(2, 2, 2), (2, 1, 2), (0, 2, 2), (1, 1, 1)],   # 2, 1.5, 0, 1 -> 1.125
+        "c2": [(1, 1, 2), (2, 2, 2)],                         # 1.2, 2 -> 1.6
+        "c3": [(2, 2, 0)],                                    # 0
+    }
+    s = score_concepts(answers)
+    assert s.per_answer["c1"] == pytest.approx([2, 1.5, 0, 1])
+    assert s.per_concept == pytest.approx({"c1": 1.125, "c2": 1.6, "c3": 0.0})
+    assert s.overall == pytest.approx((1.125 + 1.6 + 0.0) / 3)
+    assert s.factor_means["c1"] == pytest.approx({"concept": 1.25, "instruction": 1.5, "fluency": 1.75})
+    assert concept_score(answers["c2"]) == pytest.approx(1.6)
+    assert overall_score(s.per_concept) == pytest.approx(s.overall)
+    assert overall_score([1.0, 2.0]) == 1.5
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# factor selection: choose on instructions 0-4, report on 5-9
+
+def _answers(first5, last5):
+    return [(v, v, v) for v in first5] + [(v, v, v) for v in last5]
+
+
+def test_factor_selection_uses_the_right_halves():
+    data = {
+        # factor 4.0 is best on 0-4 (mean 2.0) but worst on 5-9 (0.0); factor 8.0 is best on 5-9 (2.0)
+        101: {2.0: _answers([1, 1, 1, 1, 1], [1, 1, 1, 1, 1]),
+              4.0: _answers([2, 2, 2, 2, 2], [0, 0, 0, 0, 0]),
+              8.0: _answers([1, 1, 0, 0, 0], [2, 2, 2, 2, 2])},
+        # factor 2.0 wins on 0-4 (1.6 vs 1.2); reported on 5-9: (2+2+1+0+0)/5 = 1.0
+        102: {2.0: _answers([2, 2, 2, 1, 1], [2, 2, 1, 0, 0]),
+              4.0: _answers([1, 1, 1, 1, 2], [2, 2, 2, 2, 2])},
+    }
+    sel = select_factor(data)
+    assert sel.chosen == {101: 4.0, 102: 2.0}
+    assert sel.scores == pytest.approx({101: 0.0, 102: 1.0})
+    assert sel.selection_scores[101] == pytest.approx({2.0: 1.0, 4.0: 2.0, 8.0: 0.4})
+    assert sel.selection_scores[102] == pytest.approx({2.0: 1.6, 4.0: 1.2})
+    assert sel.overall == pytest.approx(0.5)
+
+    # swapping the halves flips the choice: 8.0 is best on 5-9 for concept 101
+    swapped = select_factor(data, select_on=range(5, 10), report_on=range(0, 5))
+    assert swapped.chosen[101] == 8.0 and swapped.scores[101] == pytest.approx(0.4)
+
+
+def test_factor_selection_ties_and_errors():
+    tie = {7: {8.0: _answers([2] * 5, [1] * 5), 2.0: _answers([2] * 5, [2] * 5), 4.0: _answers([1] * 5, [2] * 5)}}
+    sel = select_factor(tie)
+    assert sel.chosen == {7: 2.0} and sel.scores == {7: 2.0}  # tie on 0-4 -> smallest factor
+    with pytest.raises(ValueError, match="9 answers"):
+        select_factor({1: {2.0: _answers([1] * 5, [1] * 4)}})
+    with pytest.raises(ValueError, match="overlap"):
+        select_factor(tie, select_on=range(0, 6), report_on=range(5, 10))
+    with pytest.raises(ValueError, match="no factors"):
+        select_factor({1: {}})
+    with pytest.raises(ValueError, match="no concepts"):
+        select_factor({})
+    # precomputed answer scores work too
+    assert select_factor({1: {1.0: [0.5] * 5 + [1.5] * 5}}).scores == {1: 1.5}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# instruction sampling and loading
+
+def test_sample_instructions_is_seeded_by_concept_id():
+    pool = [f"instruction {k}" for k in range(805)]
+    a = sample_instructions(pool, 17)
+    assert a == sample_instructions(pool, 17)  # same seed, same instructions (and order)
+    assert len(a) == 10 and len({i for i, _ in a}) == 10
+    assert all(pool[i] == t for i, t in a)
+    assert [i for i, _ in sample_instructions(pool, 18)] != [i for i, _ in a]
+    draws = {tuple(i for i, _ in sample_instructions(pool, cid)) for cid in range(20)}
+    assert len(draws) == 20
+    assert len(sample_instructions(pool, 3, n=4)) == 4 and sample_instructions(pool, 3, n=0) == []
+    # the documented sampler, pinned
+    import random
+    assert [i for i, _ in a] == random.Random(17).sample(range(805), 10)
+    with pytest.raises(ValueError, match="cannot sample 11"):
+        sample_instructions(pool[:10], 1, n=11)
+    with pytest.raises(TypeError, match="integer"):
+        sample_instructions(pool, "17")
+
+
+def test_load_alpaca_instructions(tmp_path):
+    p = tmp_path / "instructions.json"
+    p.write_text(json.dumps([{"dataset": "x", "instruction": "Say hi."}, {"dataset": "y", "instruction": "Count."}]))
+    assert load_alpaca_instructions(p) == ["Say hi.", "Count."]
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_alpaca_instructions(tmp_path / "missing.json")
+    p.write_text(json.dumps({"instruction": "x"}))
+    with pytest.raises(ValueError, match="JSON list"):
+        load_alpaca_instructions(p)
+    p.write_text(json.dumps([{"instruction": "ok"}, {"prompt": "no instruction key"}]))
+    with pytest.raises(ValueError, match="entry 1 has no string 'instruction'"):
+        load_alpaca_instructions(p)
+    p.write_text("[]")
+    with pytest.raises(ValueError, match="empty"):
+        load_alpaca_instructions(p)
+    p.write_text("[{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_alpaca_instructions(p)
+
+
+@pytest.mark.skipif(not os.path.isfile(ALPACA), reason="shared AlpacaEval data not present")
+def test_real_alpaca_file():
+    instr = load_alpaca_instructions(ALPACA)
+    assert len(instr) == 805
+    picks = sample_instructions(instr, 0)
+    assert picks == sample_instructions(instr, 0) and len(picks) == 10
