@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prosv_jax.commands import demo, generate
+from prosv_jax.commands import demo, generate, train
 
-COMMANDS = (demo, generate)
+COMMANDS = (demo, generate, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

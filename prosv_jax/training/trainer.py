@@ -315,7 +315,15 @@ def _truncate_metrics(path: str, first_step: int) -> None:
     """Drops metric lines past a resumed checkpoint, so a resumed run never logs a step twice."""
     if not os.path.isfile(path):
         return
+    kept = []
     with open(path) as f:
-        kept = [line for line in f if json.loads(line)["step"] < first_step]
-    with open(path, "w") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # the last line, torn by a kill in the middle of a buffered write
+                continue
+            if record["step"] < first_step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    with open(path + ".tmp", "w") as f:  # atomic: a kill while rewriting never loses the kept lines
         f.writelines(kept)
+    os.replace(path + ".tmp", path)

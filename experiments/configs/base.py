@@ -1,0 +1,74 @@
+"""Shared defaults of every training config; a config file states only what differs from these.
+
+Fields:
+  model.path        local HF model folder, or "builtin" (the offline tiny model); "" = must be set by the user
+  model.name        a label for messages and the results
+  model.dtype       float32 | bfloat16 (the frozen weights)
+  steering.*        layer (block L), positions (all | all_prompt | f{N} | l{N} | f{N}+l{M}),
+                    kind (steering_vector | loreft), beta, c, lam, init (uniform | normal), unit_norm,
+                    train_factor, rank (LoReFT)
+  data.*            split_dir (AxBench prod_<model>_<layer>_v1 folder or its generate/), concept_ids ([] = every
+                    concept of the split), max_response, negatives (SimPO's JSONL, "" = none), chat
+  objective         lang | simpo
+  vocab_chunk       vocabulary chunk of the loss (never materialise full logits)
+  optim.*           every OptimConfig field (learning rates, Adam, clipping, schedule, accumulation, width scaling)
+  train.*           epochs, batch_size, prefix_cache (device | host | off), runs_per_program, param_dtype,
+                    checkpoint_every (micro-steps; 0 = per group), blowup_loss, progress
+  grid.*            seeds, factor_lrs, direction_lrs, betas, cs: lists; an empty one = the single value above;
+                    runs = their cartesian product x data.concept_ids
+  out_dir           where results go ("" = outputs/<config file name>); `--out DIR` overrides it
+"""
+
+import os
+
+import ml_collections
+
+SHARED_DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared",
+                                            "data"))
+
+
+def axbench_split(split: str, setting: str) -> str:
+    """<repo>/../shared/data/axbench/<split>/<setting>, e.g. ("concept10", "prod_2b_l10_v1")."""
+    return os.path.join(SHARED_DATA, "axbench", split, setting)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(dict(path="", name="", dtype="bfloat16"))
+    c.steering = ml_collections.ConfigDict(dict(
+        layer=10, positions="f2+l2", kind="steering_vector", beta=2.0, c=1.0, lam=1.0, init="uniform",
+        unit_norm=False, train_factor=True, rank=4))
+    c.data = ml_collections.ConfigDict(dict(
+        split_dir="", concept_ids=[], max_response=128, negatives="", chat=True))
+    c.objective = "lang"
+    c.vocab_chunk = 32768
+    c.optim = ml_collections.ConfigDict(dict(
+        factor_lr=1.0, direction_lr=4e-2, other_lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0,
+        clip_groups=["direction"], schedule="linear", warmup_steps=0, grad_accum=1, width_scaling=False,
+        factor_lr_exponent=0.5, direction_lr_exponent=-0.5))
+    c.train = ml_collections.ConfigDict(dict(
+        epochs=12, batch_size=12, prefix_cache="device", runs_per_program=4, param_dtype="bfloat16",
+        checkpoint_every=0, blowup_loss=1e4, progress=True))
+    c.grid = ml_collections.ConfigDict(dict(seeds=[42], factor_lrs=[], direction_lrs=[], betas=[], cs=[]))
+    c.out_dir = ""
+    return c
+
+
+def paper_config(*, name: str, layer: int, objective: str, positions: str, beta: float, factor_lr: float,
+                 c: float, direction_lr: float, epochs: int, batch_size: int, grad_accum: int = 1,
+                 split_dir: str = "") -> ml_collections.ConfigDict:
+    """One row of method.md's table of released hyperparameters; the model path is for the user to set."""
+    config = get_config()
+    config.model.name = name
+    config.steering.layer = layer
+    config.steering.positions = positions
+    config.steering.beta = beta
+    config.steering.c = c
+    config.objective = objective
+    config.optim.factor_lr = factor_lr
+    config.optim.direction_lr = direction_lr
+    config.optim.grad_accum = grad_accum
+    config.train.epochs = epochs
+    config.train.batch_size = batch_size
+    config.data.split_dir = split_dir
+    return config

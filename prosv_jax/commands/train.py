@@ -1,0 +1,264 @@
+"""`prosv-jax train`: trains steering runs from an ml-collections config (method.md sections 2-3).
+
+    prosv-jax train --config experiments/configs/tiny_prosv.py [--config.optim.factor_lr=10 ...] [--out DIR]
+
+The resolved config is printed and saved as DIR/config.json (+ config.txt). Results: DIR/runs/<run>/ (steering.json
++ params.safetensors), DIR/groups/*/metrics.jsonl, DIR/summary.json, DIR/loss_curves.png. Rerunning the same
+command on the same DIR resumes: finished groups are skipped, the others restart from their latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+
+# Fields that may change between a run and its resumption (they do not change the results).
+_RESUME_FREE = ("train.progress",)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train steering vectors (a grid of runs) from a config file",
+        description="Train steering vectors from an ml-collections config file (experiments/configs/*.py). "
+                    "Any field can be overridden with --config.FIELD=VALUE (e.g. --config.optim.factor_lr=10, "
+                    "--config.grid.seeds=[1,2]). Rerunning on the same --out resumes.")
+    parser.add_argument("--config", required=True, metavar="FILE", help="a .py config file exposing get_config()")
+    parser.add_argument("--out", metavar="DIR", help="output folder (overrides config.out_dir)")
+    parser.set_defaults(run=run, config_overrides=[])
+    original = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        """Takes every --config.a.b=value (or --config.a.b value) out before argparse sees it."""
+        args = list(sys.argv[1:] if args is None else args)
+        overrides, rest, i = [], [], 0
+        while i < len(args):
+            arg = args[i]
+            if arg.startswith("--config."):
+                if "=" not in arg and i + 1 < len(args):
+                    arg, i = f"{arg}={args[i + 1]}", i + 1
+                overrides.append(arg)
+            else:
+                rest.append(arg)
+            i += 1
+        parsed, extra = original(rest, namespace)
+        parsed.config_overrides = list(getattr(parsed, "config_overrides", None) or []) + overrides
+        return parsed, extra
+
+    parser.parse_known_args = parse_known_args
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _check_model_path(config) -> None:
+    path = config.model.path
+    if not path:
+        hint = f"/path/to/{config.model.name}" if config.model.name else "/path/to/model"
+        raise ValueError(f"model.path is not set: pass --config.model.path={hint} (a local HF model folder: "
+                         "config.json, safetensors, tokenizer), or 'builtin' for the offline tiny model")
+    if path != "builtin" and not os.path.isdir(path):
+        raise FileNotFoundError(f"model.path {path} is not a folder")
+
+
+def _model_dir(config) -> str:
+    from prosv_jax.builtin import builtin_model_dir
+
+    _check_model_path(config)
+    return builtin_model_dir() if config.model.path == "builtin" else config.model.path
+
+
+def make_steering(config):
+    from prosv_jax.interventions import LoReFT, Steering, SteeringVector
+
+    s = config.steering
+    if s.kind == "steering_vector":
+        kind = SteeringVector(beta=s.beta, c=s.c, lam=s.lam, init=s.init, unit_norm=s.unit_norm,
+                              train_factor=s.train_factor)
+    elif s.kind == "loreft":
+        kind = LoReFT(rank=s.rank)
+    else:
+        raise ValueError(f"steering.kind must be 'steering_vector' or 'loreft', got {s.kind!r}")
+    return Steering.single(s.layer, kind, s.positions)
+
+
+def make_runs(config, concept_ids) -> list:
+    """Run specs: grid.seeds x factor_lrs x direction_lrs x betas x cs (empty list = the config's single value)
+    x concepts, named by their settings (e.g. c0-s42-flr1-dlr0.04-b2-c1)."""
+    import itertools
+
+    from prosv_jax.training.trainer import RunSpec
+
+    g, s, o = config.grid, config.steering, config.optim
+    if not g.seeds:
+        raise ValueError("grid.seeds is empty: give at least one seed")
+    sv = s.kind == "steering_vector"
+    if not sv and (g.betas or g.cs or g.factor_lrs or g.direction_lrs):
+        raise ValueError("grid.betas / cs / factor_lrs / direction_lrs apply to steering vectors only "
+                         f"(steering.kind is {s.kind!r})")
+    size_name = "c" if s.init == "uniform" else "lam"
+    runs = []
+    for cid, seed, flr, dlr, beta, c in itertools.product(
+            concept_ids, g.seeds, g.factor_lrs or [o.factor_lr], g.direction_lrs or [o.direction_lr],
+            g.betas or [s.beta], g.cs or [s.c]):
+        if sv:
+            size = c if size_name == "c" else s.lam
+            name = f"c{cid}-s{seed}-flr{_fmt(flr)}-dlr{_fmt(dlr)}-b{_fmt(beta)}-{size_name}{_fmt(size)}"
+            init = (("beta", float(beta)), ("c", float(c)))
+            lrs = (("factor", float(flr)), ("direction", float(dlr)))
+        else:
+            name, init, lrs = f"c{cid}-s{seed}-lr{_fmt(o.other_lr)}", (), ()
+        runs.append(RunSpec(name=name, seed=int(seed), dataset=f"c{cid}", init=init, lrs=lrs))
+    return runs
+
+
+def build_datasets(config, tokenizer) -> tuple[dict, list[int]]:
+    """{"c<id>": TrainDataset} for every concept of the config, and the concept ids."""
+    from prosv_jax.data import axbench
+    from prosv_jax.training.data import TrainDataset
+
+    d = config.data
+    ids = [int(i) for i in d.concept_ids] or axbench.concept_ids(d.split_dir)
+    negatives = axbench.require_negatives(d.negatives) if config.objective == "simpo" else None
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    datasets = {}
+    for cid in ids:
+        positives = axbench.concept_positives(d.split_dir, cid)
+        neg_examples = None
+        if negatives:
+            neg_pairs = axbench.concept_negatives(negatives, cid, positives)
+            neg_examples = axbench.lang_examples(tokenizer, neg_pairs, d.max_response, d.chat)
+        datasets[f"c{cid}"] = TrainDataset.from_examples(
+            axbench.lang_examples(tokenizer, positives, d.max_response, d.chat), neg_examples,
+            max_response=d.max_response, pad_id=pad_id)
+    return datasets, ids
+
+
+def check_config(config) -> None:
+    from prosv_jax.interventions.positions import PositionSpec
+
+    if config.objective not in ("lang", "simpo"):
+        raise ValueError(f"objective must be 'lang' or 'simpo', got {config.objective!r}")
+    if config.model.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"model.dtype must be float32 or bfloat16, got {config.model.dtype!r}")
+    PositionSpec.parse(config.steering.positions)
+    _check_model_path(config)
+    if not config.data.split_dir:
+        raise ValueError("data.split_dir is not set: pass --config.data.split_dir=DIR (an AxBench "
+                         "prod_<model>_<layer>_v1 folder, or its generate/ folder)")
+    if config.objective == "simpo":
+        from prosv_jax.data.axbench import require_negatives
+
+        require_negatives(config.data.negatives)
+
+
+def train_from_config(config, log=print) -> dict:
+    """Trains every run of a resolved config into config.out_dir; returns {run name: summary}."""
+    import dataclasses
+
+    import jax.numpy as jnp
+    from transformers import AutoTokenizer
+
+    from prosv_jax.models.loading import load_model
+    from prosv_jax.training.optim import OptimConfig
+    from prosv_jax.training.step import StepConfig
+    from prosv_jax.training.trainer import TrainConfig, Trainer
+
+    check_config(config)
+    model_dir = _model_dir(config)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    datasets, ids = build_datasets(config, tokenizer)
+    runs = make_runs(config, ids)
+    steering = make_steering(config)
+    optim_fields = {f.name for f in dataclasses.fields(OptimConfig)}
+    optim_values = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in config.optim.items()}
+    unknown = sorted(set(optim_values) - optim_fields)
+    if unknown:
+        raise ValueError(f"optim field(s) {unknown} are not OptimConfig fields ({sorted(optim_fields)})")
+    optim = OptimConfig(**optim_values)
+    step_config = StepConfig(objective=config.objective, vocab_chunk=config.vocab_chunk,
+                             blowup_loss=config.train.blowup_loss)
+    t = config.train
+    train_config = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, prefix_cache=t.prefix_cache,
+                               runs_per_program=t.runs_per_program, param_dtype=t.param_dtype,
+                               checkpoint_every=t.checkpoint_every, progress=t.progress)
+    model = load_model(model_dir, jnp.dtype(config.model.dtype))
+    log(f"training {len(runs)} run(s) on {len(datasets)} concept(s) ({', '.join(datasets)}), "
+        f"{sum(len(d) for d in datasets.values())} examples, model {model_dir}")
+    from prosv_jax.config import to_dict
+
+    trainer = Trainer(model, steering, datasets, config.out_dir, optim, step_config, train_config,
+                      metadata={"config": to_dict(config)})
+    return trainer.train(runs)
+
+
+def summary_rows(out_dir: str, summaries: dict) -> list[dict]:
+    """One row per run: name, final and best loss, alpha and |v| of the saved steering, diverged."""
+    import numpy as np
+
+    from prosv_jax.interventions import SteeringVector, load_steering
+
+    rows = []
+    for name, summary in summaries.items():
+        alpha = vnorm = None
+        steering, params, _ = load_steering(summary["steering"])
+        for site in steering.sites:
+            if isinstance(site.kind, SteeringVector):
+                alpha = float(np.asarray(params[site.name]["alpha"]))
+                vnorm = float(np.linalg.norm(np.asarray(params[site.name]["v"], np.float32)))
+                break
+        rows.append({"run": name, "final_loss": summary["final_loss"], "best_loss": summary["best_loss"],
+                     "alpha": alpha, "v_norm": vnorm, "diverged": summary["diverged"]})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    num = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
+    header = ("run", "final loss", "best loss", "alpha", "|v|", "diverged")
+    body = [(r["run"], num(r["final_loss"]), num(r["best_loss"]), num(r["alpha"]), num(r["v_norm"]),
+             "yes" if r["diverged"] else "no") for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def run(args: argparse.Namespace) -> int:
+    from prosv_jax.config import CONFIG_JSON, diff, resolve, save_config, to_dict
+    from prosv_jax.training.plots import plot_loss_curves
+
+    config = resolve(args.config, args.config_overrides)
+    if args.out:
+        config.out_dir = args.out
+    if not config.out_dir:
+        config.out_dir = os.path.join("outputs", os.path.splitext(os.path.basename(args.config))[0])
+    config.out_dir = os.path.abspath(config.out_dir)
+    print(f"config {os.path.abspath(args.config)}"
+          + (f" with {' '.join(args.config_overrides)}" if args.config_overrides else "") + ":")
+    print(str(config).rstrip())
+    check_config(config)
+    saved = os.path.join(config.out_dir, CONFIG_JSON)
+    if os.path.isfile(saved) and os.path.isdir(os.path.join(config.out_dir, "groups")):
+        with open(saved) as f:
+            changed = [n for n in diff(json.load(f), to_dict(config)) if n not in _RESUME_FREE]
+        if changed:
+            raise ValueError(f"{config.out_dir} holds results of another config (fields {changed} differ); "
+                             "rerun with the same config to resume, or choose a new --out")
+        print(f"resuming in {config.out_dir}")
+    save_config(config, config.out_dir)
+    sys.stdout.flush()
+    summaries = train_from_config(config)
+    plot = plot_loss_curves(config.out_dir)
+    print()
+    print(format_table(summary_rows(config.out_dir, summaries)))
+    print()
+    print(f"config:       {saved}")
+    print(f"summary:      {os.path.join(config.out_dir, 'summary.json')}")
+    print(f"steerings:    {os.path.join(config.out_dir, 'runs')}/<run>/")
+    print(f"metrics:      {os.path.join(config.out_dir, 'groups')}/*/metrics.jsonl")
+    print(f"loss curves:  {plot}")
+    sys.stdout.flush()
+    return 0

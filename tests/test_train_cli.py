@@ -1,0 +1,285 @@
+"""`prosv-jax train`: config files and overrides, AxBench data, end-to-end training, kill-and-resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "experiments" / "configs"
+TINY_PROSV = str(CONFIGS / "tiny_prosv.py")
+TINY_FSSV = str(CONFIGS / "tiny_fssv.py")
+SPLIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "axbench" / "concept10" / "prod_2b_l10_v1"
+PAPER_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.py") if p.stem not in ("base", "tiny_prosv", "tiny_fssv"))
+
+pytestmark = pytest.mark.skipif(not (SPLIT / "generate" / "train_data.parquet").is_file(),
+                                reason="AxBench data (../shared/data) not present")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def builtin_cache(tmp_path_factory):
+    """The built-in model is built once into a temporary cache, shared with subprocesses through the env."""
+    old = os.environ.get("PROSV_JAX_CACHE")
+    os.environ["PROSV_JAX_CACHE"] = str(tmp_path_factory.mktemp("prosv_cache"))
+    yield
+    if old is None:
+        os.environ.pop("PROSV_JAX_CACHE", None)
+    else:
+        os.environ["PROSV_JAX_CACHE"] = old
+
+
+# The training tests share one grid (two factor learning rates, vmapped together), so they compile once.
+GRID = ["--config", TINY_FSSV, "--config.grid.factor_lrs=[1, 10]", "--config.train.runs_per_program=2"]
+NAMES = ["c0-s42-flr1-dlr0.04-b2-c1", "c0-s42-flr10-dlr0.04-b2-c1"]
+
+
+def cli(*args: str) -> int:
+    from prosv_jax.cli import main
+
+    return main(["train", *args, "--config.train.progress=False"])
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for path in sorted(out.glob("groups/*/metrics.jsonl")) for line in open(path)]
+
+
+def params_of(out: Path) -> dict[str, dict[str, np.ndarray]]:
+    from safetensors.numpy import load_file
+
+    return {run.name: load_file(run / "params.safetensors") for run in sorted((out / "runs").iterdir())}
+
+
+# --- configs ---------------------------------------------------------------------------------------------------
+
+
+def test_overrides_coerce_types_parse_lists_and_save(tmp_path):
+    from prosv_jax.config import resolve, save_config
+
+    config = resolve(TINY_PROSV, ["--config.optim.factor_lr=10", "--config.train.epochs=3",
+                                  "--config.grid.seeds=[1, 2]", "--config.steering.positions=f1+l1",
+                                  "--config.optim.clip_norm=None", "--config.steering.unit_norm=true",
+                                  "--config.data.concept_ids=(0,3)", "--config.optim.eps=1e-6"])
+    assert config.optim.factor_lr == 10.0 and isinstance(config.optim.factor_lr, float)
+    assert config.train.epochs == 3 and isinstance(config.train.epochs, int)
+    assert list(config.grid.seeds) == [1, 2] and list(config.data.concept_ids) == [0, 3]
+    assert config.steering.positions == "f1+l1" and config.steering.unit_norm is True
+    assert config.optim.clip_norm is None and config.optim.eps == 1e-6
+    assert config.data.split_dir == str(SPLIT)  # resolved relative to the config file
+    path = save_config(config, tmp_path)
+    saved = json.load(open(path))
+    assert saved["optim"]["factor_lr"] == 10.0 and saved["grid"]["seeds"] == [1, 2]
+    assert (tmp_path / "config.txt").read_text().startswith("data:")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.optim.factr_lr=1", ["'optim.factr_lr'", "factor_lr", "direction_lr"]),
+    ("--config.nope=1", ["'nope'", "optim", "steering"]),
+    ("--config.train.epochs=abc", ["'train.epochs'", "'abc'"]),
+    ("--config.optim.factor_lr=fast", ["'optim.factor_lr'", "'fast'"]),
+    ("--config.grid.seeds=3", ["'grid.seeds'", "list"]),
+    ("--config.steering.unit_norm=maybe", ["'steering.unit_norm'", "true or false"]),
+])
+def test_bad_overrides_are_named(override, message):
+    from prosv_jax.config import resolve
+
+    with pytest.raises(ValueError) as error:
+        resolve(TINY_PROSV, [override])
+    for part in message:
+        assert part in str(error.value)
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_paper_configs_load_and_need_a_model_path(name, tmp_path, capsys):
+    from prosv_jax.config import resolve
+
+    config = resolve(str(CONFIGS / name))
+    assert config.model.path == "" and config.optim.factor_lr > 0 and config.train.epochs in (6, 12, 18, 24)
+    assert cli("--config", str(CONFIGS / name), "--out", str(tmp_path / "out")) == 2
+    assert f"model.path is not set: pass --config.model.path=/path/to/{config.model.name}" in capsys.readouterr().err
+    if config.objective == "simpo":  # with a model, SimPO still needs the negatives file
+        assert cli("--config", str(CONFIGS / name), "--out", str(tmp_path / "out"), "--config.model.path=builtin",
+                   f"--config.data.split_dir={SPLIT}") == 2
+        assert "needs concept-free responses" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written before the config is usable
+
+
+def test_table_row():
+    from prosv_jax.config import resolve
+
+    c = resolve(str(CONFIGS / "qwen25_32b_l32_simpo_prosv.py"))
+    assert (c.steering.layer, c.objective, c.steering.positions, c.steering.beta, c.optim.factor_lr, c.steering.c,
+            c.optim.direction_lr, c.train.epochs, c.train.batch_size, c.optim.grad_accum) == (
+        32, "simpo", "f2+l2", 1.0, 10.0, 8.0, 0.08, 6, 3, 2)
+    c = resolve(str(CONFIGS / "gemma2_2b_l10_lang_fssv.py"))
+    assert (c.steering.positions, c.steering.beta, c.optim.factor_lr, c.steering.c) == ("all", 2.0, 1.0, 1.0)
+
+
+# --- data --------------------------------------------------------------------------------------------------------
+
+
+def test_axbench_positives_examples_and_negatives(tmp_path):
+    from transformers import AutoTokenizer
+
+    from prosv_jax.builtin import builtin_model_dir
+    from prosv_jax.data import axbench
+
+    pairs = axbench.concept_positives(SPLIT, 3)
+    assert len(pairs) == 72 and all(i and o for i, o in pairs)
+    assert axbench.concept_positives(SPLIT / "generate", 3) == pairs
+    tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir())
+    examples = axbench.lang_examples(tokenizer, pairs[:4], max_response=20)
+    for (prompt, response), (instruction, output) in zip(examples, pairs):
+        assert prompt[0] == tokenizer.bos_token_id and prompt.count(tokenizer.bos_token_id) == 1
+        assert response == tokenizer(output, add_special_tokens=False)["input_ids"][:20]
+        assert tokenizer.eos_token_id not in response
+    with pytest.raises(ValueError, match=r"unknown concept id 10 .*valid ids are 0\.\.9"):
+        axbench.concept_positives(SPLIT, 10)
+    negatives = tmp_path / "negatives.jsonl"
+    rows = [{"concept_id": 3, "instruction": i, "output": "plain answer"} for i, _ in pairs]
+    negatives.write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))
+    with pytest.raises(ValueError, match="no concept-free response for 1 of the 72 instructions of concept 3"):
+        axbench.concept_negatives(negatives, 3, pairs)
+    negatives.write_text("".join(json.dumps(r) + "\n" for r in rows[::-1]))
+    assert axbench.concept_negatives(negatives, 3, pairs) == [(i, "plain answer") for i, _ in pairs]
+    with pytest.raises(ValueError, match="SimPO objective needs concept-free responses"):
+        axbench.require_negatives("")
+
+
+def test_bad_input_is_a_clear_cli_error(tmp_path, capsys):
+    import pandas as pd
+
+    out = str(tmp_path / "out")
+    assert cli("--config", TINY_PROSV, "--out", out, "--config.data.concept_ids=[99]") == 2
+    assert "unknown concept id 99" in capsys.readouterr().err
+    broken = tmp_path / "broken" / "generate"
+    broken.mkdir(parents=True)
+    (broken / "metadata.jsonl").write_text((SPLIT / "generate" / "metadata.jsonl").read_text())
+    pd.read_parquet(SPLIT / "generate" / "train_data.parquet").drop(columns=["category"]).to_parquet(
+        broken / "train_data.parquet")
+    assert cli("--config", TINY_PROSV, "--out", out, f"--config.data.split_dir={broken.parent}") == 2
+    err = capsys.readouterr().err
+    assert "missing column(s) ['category']" in err and "train_data.parquet" in err
+    assert cli("--config", TINY_PROSV, "--out", out, "--config.objective=simpo") == 2
+    assert "needs concept-free responses" in capsys.readouterr().err
+    assert cli("--config", TINY_PROSV, "--out", out, "--config.optim.factr_lr=3") == 2
+    assert "unknown config field 'optim.factr_lr'" in capsys.readouterr().err
+    assert cli("--config", TINY_PROSV, "--out", out, "--config.steering.positions=middle") == 2
+    assert "does not parse" in capsys.readouterr().err
+
+
+# --- training ----------------------------------------------------------------------------------------------------
+
+
+def test_train_end_to_end(tmp_path, capsys):
+    from prosv_jax.interventions import SteeringVector, load_steering
+
+    out = tmp_path / "out"
+    # Two runs (two factor learning rates) vmapped in one program, 2 epochs of 6 steps.
+    assert cli(*GRID, "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    names = NAMES
+    for name in names:
+        assert name in printed
+    assert "loss curves:" in printed and "final loss" in printed
+    config = json.load(open(out / "config.json"))
+    assert config["optim"]["factor_lr"] == 1.0 and config["out_dir"] == str(out)
+    records = metrics(out)
+    assert len(records) == 2 * 12
+    for name in names:
+        mine = [r for r in records if r["run"] == name]
+        assert [r["step"] for r in mine] == list(range(12))
+        for key in ("loss", "alpha/layer1", "v_norm/layer1", "grad_norm/factor", "grad_norm/direction",
+                    "lr/factor", "lr/direction", "alive"):
+            assert key in mine[0], key
+        losses = np.array([r["loss"] for r in mine])
+        assert np.all(np.isfinite(losses)) and losses[6:].mean() < losses[:6].mean() - 0.02, losses
+        steering, params, spec = load_steering(out / "runs" / name)
+        assert isinstance(steering.sites[0].kind, SteeringVector) and str(steering.sites[0].positions) == "all"
+        assert params["layer1"]["v"].shape == (128,) and not spec["info"]["diverged"]
+    assert mine[0]["lr/factor"] == 10.0 and mine[0]["lr/direction"] == pytest.approx(0.04)
+    png = (out / "loss_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+    summary = json.load(open(out / "summary.json"))
+    assert set(summary) == set(names)
+    # Rerunning a finished output folder trains nothing and reprints the results; another config is refused.
+    assert cli(*GRID, "--out", str(out)) == 0
+    assert len(metrics(out)) == 24
+    assert cli("--config", TINY_FSSV, "--out", str(out)) == 2
+    assert "holds results of another config" in capsys.readouterr().err
+
+
+def _checkpoint_steps(out: Path) -> list[int]:
+    folder = out / "groups" / "group-0000" / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path, capsys):
+    args = [*GRID, "--config.train.checkpoint_every=2"]  # 12 steps, a checkpoint every 2
+    killed = tmp_path / "killed"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-m", "prosv_jax.cli", "train", *args, "--out", str(killed),
+                             "--config.train.progress=False"], env=env, cwd=str(REPO),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not _checkpoint_steps(killed):
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.time() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "groups" / "group-0000" / "done.json").exists()
+    at_kill = _checkpoint_steps(killed)
+    assert at_kill and max(at_kill) < 12
+
+    assert cli(*args, "--out", str(killed)) == 0  # the same command again: resumes
+    assert "resuming" in capsys.readouterr().out
+    reference = tmp_path / "reference"
+    assert cli(*args, "--out", str(reference)) == 0
+
+    resumed_records, reference_records = metrics(killed), metrics(reference)
+    for name in NAMES:  # every step exactly once, with the losses of the uninterrupted run
+        mine = [r for r in resumed_records if r["run"] == name]
+        assert [r["step"] for r in mine] == list(range(12))
+        np.testing.assert_allclose([r["loss"] for r in mine],
+                                   [r["loss"] for r in reference_records if r["run"] == name], atol=1e-6)
+    got, want = params_of(killed), params_of(reference)
+    assert set(got) == set(want) == set(NAMES)
+    for name in want:
+        for key in ("layer1/alpha", "layer1/v"):
+            np.testing.assert_allclose(got[name][key], want[name][key], atol=1e-6, rtol=0)
+
+
+def test_loss_plot_marks_diverged_runs_and_skips_torn_lines(tmp_path):
+    from prosv_jax.training.plots import plot_loss_curves, read_metrics
+    from prosv_jax.training.trainer import _truncate_metrics
+
+    group = tmp_path / "groups" / "group-0000"
+    group.mkdir(parents=True)
+    lines = []
+    for step in range(6):
+        lines.append({"run": "ok", "step": step, "loss": 6.0 / (step + 1), "alive": True})
+        bad = step < 3
+        lines.append({"run": "blown", "step": step, "loss": 5.0 if bad else float("nan"), "alive": bad})
+    text = "".join(json.dumps(r) + "\n" for r in lines)
+    (group / "metrics.jsonl").write_text(text + '{"run": "ok", "step": 6, "lo')  # torn by a kill
+    runs = read_metrics(tmp_path)
+    assert [r["step"] for r in runs["ok"]] == list(range(6))
+    png = Path(plot_loss_curves(tmp_path)).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    _truncate_metrics(str(group / "metrics.jsonl"), 4)  # resuming at step 4 drops later and torn lines
+    kept = [json.loads(line) for line in open(group / "metrics.jsonl")]
+    assert sorted({r["step"] for r in kept}) == [0, 1, 2, 3] and len(kept) == 8
