@@ -104,9 +104,11 @@ class _DeviceData:
         """fn over the dataset in row chunks (bounded memory), concatenated on device or host."""
         graphdef, state = nnx.split(model)
         outputs = []
-        for start in range(0, rows.tokens.shape[0], chunk):
-            part = TrainBatch(*(a[start:start + chunk] for a in rows))
-            out = fn(graphdef, state, part)
+        total = rows.tokens.shape[0]
+        for start in range(0, total, chunk):
+            # The last chunk is padded to full size (rows repeated), so one compiled program serves every chunk.
+            take = np.minimum(np.arange(start, start + chunk), total - 1)
+            out = fn(graphdef, state, TrainBatch(*(a[take] for a in rows)))[:min(chunk, total - start)]
             outputs.append(np.asarray(out) if to_host else out)
         return np.concatenate(outputs) if to_host else jnp.concatenate(outputs)
 
