@@ -58,3 +58,33 @@ def builtin_model_dir(seed: int = 0) -> str:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+SMALL_LM_NAME = "small-llama-chat-v1"
+
+
+def small_lm_dir(**overrides) -> str:
+    """Path of the small pretrained offline chat model, training it once (a few CPU minutes) if it is not cached.
+
+    The default lives at `<cache_root()>/small-llama-chat-v1`; keyword overrides (`prosv_jax.small_lm.SmallLMSettings`
+    fields, e.g. `steps=20` in tests) get their own directory, suffixed by a hash of the overrides. Training writes
+    to a temporary directory that is renamed at the end, so a kill never leaves a half model behind.
+    """
+    import hashlib
+    import json
+
+    from prosv_jax.small_lm import SmallLMSettings, estimated_minutes, train_small_lm
+
+    settings = SmallLMSettings(**overrides)  # validates the names
+    name = SMALL_LM_NAME
+    if overrides:
+        key = json.dumps(dict(sorted(overrides.items())), sort_keys=True, default=str)
+        name += "-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+    target = os.path.join(cache_root(), name)
+    if os.path.isfile(os.path.join(target, "model.safetensors")) and os.path.isfile(
+            os.path.join(target, "training_log.json")):
+        return target
+    print(f"training the small offline model once (~{estimated_minutes(settings)} minutes; cached at {target})...",
+          flush=True)
+    os.makedirs(cache_root(), exist_ok=True)
+    return train_small_lm(target, **overrides)

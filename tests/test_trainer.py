@@ -81,15 +81,15 @@ def test_a_diverging_run_is_flagged_and_frozen_while_the_others_finish_unchanged
 
 def test_a_grid_compiles_once(model, tmp_path, monkeypatch):
     """Two groups of runs that differ in seeds, inits and learning rates share one compiled step."""
-    trainer_lib._group_program.cache_clear()
+    trainer_lib.group_program.cache_clear()
     programs = []
-    original = trainer_lib._group_program
+    original = trainer_lib.group_program
 
     def recording(*args):
         programs.append(original(*args)[1])
         return programs[-1] and original(*args)
 
-    monkeypatch.setattr(trainer_lib, "_group_program", recording)
+    monkeypatch.setattr(trainer_lib, "group_program", recording)
     runs = [RunSpec(f"r{i}", seed=i, lrs=(("factor", 0.1 * (i + 1)),), init=(("beta", 1.0 + i),)) for i in range(4)]
     train(model, tmp_path, runs, runs_per_program=2)
     assert len(programs) == 2 and programs[0] is programs[1]

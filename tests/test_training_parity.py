@@ -24,7 +24,7 @@ from prosv_jax.training.losses import token_logprobs
 from prosv_jax.training.optim import OptimConfig, make_optimizer, param_labels, schedule_fraction
 from prosv_jax.training.step import (StepConfig, StepData, TrainState, loss_fn, make_train_step, prefix_residuals,
                                      reference_logprob_sums)
-from prosv_jax.training.trainer import _group_program
+from prosv_jax.training.trainer import group_program
 
 LAYER = 1
 LENGTH, SLOTS = 16, 8  # one shape for every batch: one compiled step
@@ -266,10 +266,10 @@ def jax_training(model, steering, params, order, optim: OptimConfig, updates_tot
 
 
 def jax_group_training(model, steering, params, order, optim: OptimConfig, updates_total):
-    """The Trainer's program (`_group_program`): vmap over a stack of 2 identical runs, fed from the cached prefix
+    """The Trainer's program (`group_program`): vmap over a stack of 2 identical runs, fed from the cached prefix
     (the Trainer's default prefix_cache="device"); both runs must be identical. -> run 0's (params, losses, norms)."""
     graphdef, model_state = nnx.split(model)
-    tx, group_step = _group_program(graphdef, model.cfg, steering, StepConfig("lang"), optim, updates_total)
+    tx, group_step = group_program(graphdef, model.cfg, steering, StepConfig("lang"), optim, updates_total)
     stacked = jax.tree.map(lambda x: jnp.stack([x, x]), params)
     state = TrainState(stacked, jax.vmap(tx.init)(stacked), jnp.zeros(2, jnp.int32), jnp.ones(2, bool))
     lrs = {"factor": jnp.full(2, ETA_ALPHA), "direction": jnp.full(2, ETA_V), "other": jnp.zeros(2)}

@@ -61,7 +61,11 @@ def _generate(graphdef, state, tokens, valid, key, prefill_hook, decode_hook, *,
     batch, prompt_len = tokens.shape
     positions = positions_from_valid(valid)
     cache = KVCache.empty(model.cfg, batch, prompt_len + max_new_tokens, model.dtype)
-    prefill = model(tokens, positions, valid, cache=cache, hook=prefill_hook)
+    # The head (and its soft-cap) runs on the last prompt position only: over every position it would be a
+    # [B, T, V] matmul whose other rows are thrown away (XLA does not sink the slice into the dot).
+    last = model.cfg.num_layers - 1
+    prefill = model(tokens, positions, valid, cache=cache, hook=prefill_hook, capture=(last,), logits=False)
+    prefill_logits = model.head(prefill.hidden[last][:, -1])  # [B, V]
     stops = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
 
     def emit(token, done):
@@ -70,7 +74,7 @@ def _generate(graphdef, state, tokens, valid, key, prefill_hook, decode_hook, *,
         return out, done | (out[:, None] == stops[None, :]).any(-1)
 
     key, sub = jax.random.split(key)
-    first, done = emit(sample_next(prefill.logits[:, -1], sub, sampling), jnp.zeros((batch,), bool))
+    first, done = emit(sample_next(prefill_logits, sub, sampling), jnp.zeros((batch,), bool))
     result = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
     lengths = jnp.ones((batch,), jnp.int32)
 

@@ -118,6 +118,9 @@ class MLP(nnx.Module):
         self.down = _normal(rngs, (F, d), dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate = matmul("btd,df->btf", x, self.gate[...])
+        # The activation runs in float32 and is rounded once, as PyTorch does for bfloat16; XLA:CPU's bfloat16
+        # elementwise math is ~5x slower than float32 (tanh-GELU over [4, 128, 4096]: 16 ms against 3 ms).
+        gate = matmul("btd,df->btf", x, self.gate[...]).astype(F32)
         act = jax.nn.silu(gate) if self.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+        act = act.astype(x.dtype)
         return matmul("btf,fd->btd", act * matmul("btd,df->btf", x, self.up[...]), self.down[...])

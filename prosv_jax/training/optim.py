@@ -1,7 +1,8 @@
 """Parameter-grouped Adam for steering params (method.md section 2).
 
 Each parameter belongs to a group: "factor" (alpha), "direction" (v), "other" (e.g. LoReFT) or "frozen". Every
-group gets Adam (0.9, 0.999, 1e-8, no weight decay) and a schedule; clipping applies to the groups named (the
+group gets Adam (0.9, 0.999, 1e-8, no weight decay) and a schedule (`optimizer="sgd"`: plain gradient descent
+instead of Adam, a baseline for scaling studies); clipping applies to the groups named (the
 direction only, by default: clipping both breaks the scaling). The optax chain yields unit-learning-rate
 updates and the learning rates multiply them afterwards, as data, so a vmapped grid can give every run its own
 rates without recompiling. Width scaling turns width-free base rates into eta_alpha = base * n^(+1/2) and
@@ -22,6 +23,7 @@ from prosv_jax.interventions.transform import Steering, SteeringParams
 
 GROUPS = ("factor", "direction", "other")
 SCHEDULES = ("linear", "constant", "cosine")
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +42,11 @@ class OptimConfig:
     width_scaling: bool = False  # treat the learning rates as width-free bases
     factor_lr_exponent: float = 0.5
     direction_lr_exponent: float = -0.5
+    optimizer: str = "adam"  # adam (the recipe) | sgd (plain gradient descent: update = -lr * gradient)
 
     def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         unknown = set(self.clip_groups) - set(GROUPS)
@@ -93,13 +98,15 @@ def schedule_fraction(config: OptimConfig, total_steps: int):
 
 
 def make_optimizer(config: OptimConfig, labels: dict, total_steps: int) -> optax.GradientTransformation:
-    """Unit-rate, per-group optax chain (clip where configured, Adam, schedule); see `scale_by_group_lr`."""
+    """Unit-rate, per-group optax chain (clip where configured, Adam or SGD, schedule); see `scale_by_group_lr`."""
     fraction = schedule_fraction(config, total_steps)
     transforms = {}
     for group in GROUPS:
         chain = [optax.clip_by_global_norm(config.clip_norm)] if (
             config.clip_norm is not None and group in config.clip_groups) else []
-        chain += [optax.scale_by_adam(config.b1, config.b2, config.eps), optax.scale_by_schedule(fraction)]
+        scale = (optax.scale_by_adam(config.b1, config.b2, config.eps) if config.optimizer == "adam"
+                 else optax.identity())
+        chain += [scale, optax.scale_by_schedule(fraction)]
         transforms[group] = optax.chain(*chain)
     transforms["frozen"] = optax.set_to_zero()
     tx = optax.multi_transform(transforms, labels)

@@ -81,7 +81,7 @@ def union_dataset(datasets: Sequence[TrainDataset]) -> tuple[TrainDataset, list[
     return TrainDataset(cat([d.positives for d in datasets]), negatives), offsets
 
 
-class _DeviceData:
+class GroupData:
     """A group's union dataset with its cached prefix and reference log-probs; gathers per-run batches."""
 
     def __init__(self, model: Decoder, steering: Steering, dataset: TrainDataset, config: TrainConfig,
@@ -224,7 +224,8 @@ class Trainer:
         params = [self._init_params(r) for r in group]
         updates_total = -(-total // self.optim.grad_accum)
         graphdef, model_state = nnx.split(self.model)
-        tx, run_step = _group_program(graphdef, self.model.cfg, self.steering, self.step_config, self.optim, updates_total)
+        tx, run_step = group_program(graphdef, self.model.cfg, self.steering, self.step_config, self.optim,
+                                     updates_total)
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
         state = TrainState(stacked, jax.vmap(tx.init)(stacked), jnp.zeros(len(group), jnp.int32),
                            jnp.ones(len(group), bool))
@@ -240,7 +241,7 @@ class Trainer:
             first_step = int(checkpoints.latest_step())
         _truncate_metrics(metrics_path, first_step)
 
-        data = _DeviceData(self.model, self.steering, union, self.config, self.step_config)
+        data = GroupData(self.model, self.steering, union, self.config, self.step_config)
         meta = {"runs": [dataclasses.asdict(r) for r in group], **self.metadata}
         bar = tqdm(range(first_step, total), desc=f"group {index}", disable=not self.config.progress,
                    initial=first_step, total=total)
@@ -290,7 +291,8 @@ class Trainer:
 
 
 @functools.lru_cache(maxsize=16)
-def _group_program(graphdef, model_cfg, steering: Steering, step_config: StepConfig, optim: OptimConfig, updates_total: int):
+def group_program(graphdef, model_cfg, steering: Steering, step_config: StepConfig, optim: OptimConfig,
+                  updates_total: int):
     """(optimizer, jit(vmap(step))) for a group of runs; cached, so every group of a grid shares one program.
 
     The learning rates and the init are data, so runs that differ only in them compile once. The train

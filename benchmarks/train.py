@@ -1,0 +1,242 @@
+"""Training speed: prosv-jax's steering train step against the PyTorch reference recipe, same weights and data.
+
+The reference is the authors' recipe: an HF transformers model (PyTorch), a forward hook on `model.layers[L]` adding
+alpha*v, the loss from the model's `labels` (full logits at every position), Adam with two parameter groups,
+`clip_grad_norm_` on v only and a linear schedule. prosv-jax runs its Trainer's compiled group step (the same
+recipe; gradients w.r.t. alpha and v only) three ways: the full forward (`prefix_cache=off`), and from the cached
+residuals after block L (`prefix_cache=device`) at L ~ 0.4 and ~ 0.75 of the depth. A last measurement compares
+one vmapped group of K runs with K separate single-run steps.
+
+Data: AxBench-like lengths, random ids: prompts of 20-30 tokens, responses of 90-170 tokens cut to 128, batch 12.
+tokens/s counts real (non-padding) prompt + response tokens per second per run. The one-off cost of computing
+the cached prefix is reported separately (it is paid once per dataset, not per step). The sides alternate step by
+step after a warm-up, so load from other processes hits both alike; that load is measured and printed.
+
+    python benchmarks/train.py                 # Gemma-2-shaped d=1024, 8 layers, float32 and bfloat16
+    python benchmarks/train.py --mimalloc      # the same under mimalloc (see benchmarks/forward.py)
+    python benchmarks/train.py --quick         # tiny smoke config
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from forward import CpuMeter, allocator, build_checkpoint, find_mimalloc, machine  # noqa: E402
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--kv-heads", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--intermediate", type=int, default=4096)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--batch", type=int, default=12)
+    p.add_argument("--positions", default="f2+l2", help="position spec of the steering (f2+l2 or all)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="both")
+    p.add_argument("--layer-fractions", default="0.4,0.75", help="where the SV sits, as fractions of the depth")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per side (median reported)")
+    p.add_argument("--grid", type=int, default=16, help="K for the vmapped-grid measurement (0 = skip)")
+    p.add_argument("--quick", action="store_true", help="tiny smoke config")
+    p.add_argument("--mimalloc", action="store_true", help="re-execute with libmimalloc.so preloaded")
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.layers, args.hidden, args.heads, args.kv_heads, args.head_dim = 4, 64, 4, 2, 16
+        args.intermediate, args.vocab, args.batch, args.repeats, args.grid = 128, 512, 4, 2, 4
+    return args
+
+
+def make_examples(args, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [(list(rng.integers(3, args.vocab, rng.integers(20, 31))),
+             list(rng.integers(3, args.vocab, rng.integers(90, 171)))[:128]) for _ in range(args.batch)]
+
+
+# ----------------------------------------------------------------------------------------------------- prosv-jax
+def jax_side(model, layer, args, prefix_cache, runs=1):
+    """A zero-argument callable doing one training step of `runs` vmapped runs (and its prefix set-up time)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from prosv_jax.interventions import Steering, SteeringVector
+    from prosv_jax.training.data import TrainDataset
+    from prosv_jax.training.optim import OptimConfig
+    from prosv_jax.training.step import StepConfig, TrainState
+    from prosv_jax.training.trainer import TrainConfig, GroupData, group_program
+
+    steering = Steering.single(layer, SteeringVector(beta=2.0, c=1.0), args.positions)
+    optim, step_config = OptimConfig(factor_lr=1.0, direction_lr=0.04), StepConfig()
+    dataset = TrainDataset.from_examples(make_examples(args))
+    graphdef, model_state = nnx.split(model)
+    tx, group_step = group_program(graphdef, model.cfg, steering, step_config, optim, 10_000)
+    params = [steering.init_params(jax.random.key(k), model.cfg, model.dtype) for k in range(runs)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
+    state = TrainState(stacked, jax.vmap(tx.init)(stacked), jnp.zeros(runs, jnp.int32), jnp.ones(runs, bool))
+    lrs = {g: jnp.full(runs, v, jnp.float32) for g, v in optim.learning_rates(model.cfg.hidden_size).items()}
+    state, lrs = jax.device_put((state, lrs), jax.devices()[0])
+    t0 = time.perf_counter()
+    data = GroupData(model, steering, dataset, TrainConfig(prefix_cache=prefix_cache), step_config)
+    indices = np.tile(np.arange(args.batch), (runs, 1))
+    step_data = data.gather(indices, np.ones_like(indices, bool))
+    jax.block_until_ready(step_data)
+    setup = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def step():
+        holder["state"], metrics = group_step(model_state, holder["state"], lrs, step_data)
+        return float(metrics["loss"][0])
+
+    return step, setup, int(dataset.positives.valid.sum())
+
+
+# --------------------------------------------------------------------------------------------------- reference
+def torch_side(directory, dtype, layer, args):
+    """One step of the reference recipe (HF model + forward hook + Adam groups + v-only clipping + schedule)."""
+    import numpy as np
+    import torch
+    import transformers
+
+    from prosv_jax.interventions import PositionSpec
+    from prosv_jax.training.batch import make_batch
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype)).eval()
+    model.requires_grad_(False)
+    batch = make_batch(make_examples(args), multiple=1)
+    tokens = torch.tensor(batch.tokens, dtype=torch.long)
+    attention = torch.tensor(batch.valid.astype(np.int64))
+    labels = torch.where(torch.tensor(batch.valid & ~batch.prompt_mask), tokens, torch.tensor(-100))
+    mask = torch.tensor(np.asarray(PositionSpec.parse(args.positions).mask(batch.prompt_mask, batch.valid)))
+    n = model.config.hidden_size
+    alpha = torch.tensor(2.0 * math.sqrt(n), dtype=getattr(torch, dtype), requires_grad=True)
+    v = ((torch.rand(n) * 2 - 1) / math.sqrt(n)).to(getattr(torch, dtype)).requires_grad_(True)
+    model.model.layers[layer].register_forward_hook(
+        lambda m, i, o: torch.where(mask[..., None], (o[0] if isinstance(o, tuple) else o) + alpha * v,
+                                    o[0] if isinstance(o, tuple) else o))
+    optimizer = torch.optim.Adam([{"params": [v], "lr": 0.04}, {"params": [alpha], "lr": 1.0}], eps=1e-8)
+    schedule = transformers.get_linear_schedule_with_warmup(optimizer, 0, 10_000)
+
+    def step():
+        loss = model(input_ids=tokens, attention_mask=attention, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([v], 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        return float(loss)
+
+    return step
+
+
+def timed(sides: dict, repeats: int) -> dict:
+    """{name: median seconds per call}; one warm-up each, then the sides alternate call by call."""
+    for fn in sides.values():
+        fn()
+    times = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.mimalloc and "mimalloc" not in allocator():
+        lib = find_mimalloc()
+        if lib is None:
+            sys.exit("libmimalloc.so not found: pip install cmeel-mimalloc, or set MIMALLOC_LIB")
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + (argv or sys.argv[1:]),
+                  dict(os.environ, LD_PRELOAD=lib))
+    import jax.numpy as jnp
+    import torch
+    import transformers
+
+    from prosv_jax.models.loading import load_model
+
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    info = machine()
+    dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]
+    layers = [max(0, min(args.layers - 2, round(f * args.layers) - 1))
+              for f in map(float, args.layer_fractions.split(","))]
+    shape = (f"Gemma-2-shaped, random weights: {args.layers} layers, d={args.hidden}, {args.heads}/{args.kv_heads} "
+             f"heads, head_dim {args.head_dim}, MLP {args.intermediate}, vocab {args.vocab}; batch {args.batch}, "
+             f"prompts 20-30, responses 90-170 cut to 128; positions {args.positions}; median of {args.repeats}")
+    print(shape, f"\nallocator: {info['allocator']}", flush=True)
+    rows, meter, t_start = [], CpuMeter(), time.perf_counter()
+    with tempfile.TemporaryDirectory() as directory:
+        build_checkpoint(args, directory)
+        for dtype in dtypes:
+            model = load_model(directory, jnp.dtype(dtype))
+            sides, setups, tokens = {}, {}, None
+            sides["reference (PyTorch)"] = torch_side(directory, dtype, layers[0], args)
+            sides[f"prosv-jax full forward, L={layers[0]}"], _, tokens = jax_side(model, layers[0], args, "off")
+            for layer in layers:
+                name = f"prosv-jax cached prefix, L={layer}"
+                if layer != layers[0]:
+                    sides[f"reference (PyTorch), L={layer}"] = torch_side(directory, dtype, layer, args)
+                sides[name], setups[name], _ = jax_side(model, layer, args, "device")
+            seconds = timed(sides, args.repeats)
+            reference = {layer: seconds.get(f"reference (PyTorch), L={layer}", seconds["reference (PyTorch)"])
+                         for layer in layers}
+            for name, sec in seconds.items():
+                layer = int(name.rsplit("L=", 1)[1]) if "L=" in name else layers[0]
+                rows.append(dict(dtype=dtype, row=name, tokens_per_s=tokens / sec, seconds=sec,
+                                 vs_reference=reference[layer] / sec, setup_s=setups.get(name)))
+            print(f"  {dtype} done ({time.perf_counter() - t_start:.0f} s)", flush=True)
+            del sides
+        if args.grid:
+            model = load_model(directory, jnp.float32)
+            layer = layers[-1]
+            grid_step, _, tokens = jax_side(model, layer, args, "device", runs=args.grid)
+            single_step, _, _ = jax_side(model, layer, args, "device", runs=1)
+            seconds = timed({"grid": grid_step, "single": single_step}, args.repeats)
+            rows.append(dict(dtype="float32", row=f"{args.grid} runs vmapped (one program), L={layer}",
+                             tokens_per_s=args.grid * tokens / seconds["grid"], seconds=seconds["grid"],
+                             vs_reference=None, setup_s=None,
+                             vs_sequential=args.grid * seconds["single"] / seconds["grid"]))
+    foreign = meter.foreign_cores()
+    table = ["| dtype | measurement | tokens/s | s/step | vs reference | prefix set-up s |", "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = f"{r['vs_reference']:.2f}x" if r.get("vs_reference") else (
+            f"{r['vs_sequential']:.2f}x of sequential" if r.get("vs_sequential") else "")
+        setup = f"{r['setup_s']:.2f}" if r.get("setup_s") else ""
+        table.append(f"| {r['dtype']} | {r['row']} | {r['tokens_per_s']:.0f} | {r['seconds']:.3f} | {ratio} | {setup} |")
+    load = f"other processes used {foreign:.2f} of {os.cpu_count()} cores on average during the run"
+    print("\n".join(table) + f"\n{load}; total {time.perf_counter() - t_start:.0f} s")
+    if args.no_write:
+        return
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"train-{datetime.date.today().isoformat()}.md")
+    command = "python benchmarks/train.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    with open(path, "a") as f:
+        f.write(f"## train benchmark, {datetime.datetime.now().isoformat(timespec='seconds')}\n\n`{command}`\n\n"
+                f"{info['cpu']}, {info['cores']} cores; jax {info['jax']}, torch {info['torch']}; allocator "
+                f"{info['allocator']}. {shape}. Load: {load}.\n\n" + "\n".join(table) + "\n\n```json\n"
+                + json.dumps(dict(command=command, machine=info, config=vars(args), rows=rows), indent=1)
+                + "\n```\n\n")
+    print(f"appended to {path}")
+
+
+if __name__ == "__main__":
+    main()
