@@ -59,11 +59,13 @@ def test_parameter_groups_and_v_only_clipping():
     assert labels["sv"] == {"alpha": "factor", "v": "direction"}
     assert labels["fixed"] == {"alpha": "frozen", "v": "direction"}
     assert set(labels["r"].values()) == {"other"}
-    # With plain gradient steps the update is the (clipped) gradient: v is clipped to norm 1, alpha is not.
+    # With plain gradient steps the update is the (clipped) gradient: the direction group is clipped
+    # to global norm 1, alpha is not.
     tx = make_optimizer(OptimConfig(schedule="constant", optimizer="sgd"), labels, 10)
     grads = jax.tree.map(lambda p: jnp.full_like(p, 100.0), params)
     updates, _ = tx.update(grads, tx.init(params), params)
-    assert float(jnp.linalg.norm(updates["sv"]["v"])) == pytest.approx(1.0, rel=1e-5)
+    direction = jnp.concatenate([updates["sv"]["v"], updates["fixed"]["v"]])  # one group, one global norm
+    assert float(jnp.linalg.norm(direction)) == pytest.approx(1.0, rel=1e-5)
     assert float(updates["sv"]["alpha"]) == pytest.approx(100.0)
     assert float(updates["fixed"]["alpha"]) == 0.0  # a frozen factor never moves
     assert np.allclose(np.asarray(updates["r"]["W"]), 100.0)  # other groups are not clipped by default
