@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from prosv_jax.interventions import Steering, SteeringVector, steered_forward
 from prosv_jax.models.decoder import positions_from_valid
 from prosv_jax.models.loading import load_model
 from prosv_jax.models.sharding import ShardingRules, batch_sharding, make_mesh
@@ -27,6 +28,16 @@ RULES = ShardingRules()
 @nnx.jit
 def forward(model, tokens, positions, valid):
     return model(tokens, positions, valid).logits
+
+
+STEERING = Steering.single(1, SteeringVector(beta=2.0, c=4.0), "f2+l2")
+
+
+@jax.jit
+def steered_loss_and_grad(model, params, tokens, valid):
+    """Mean steered logit and its gradient w.r.t. the steering params (the weights are not differentiated)."""
+    loss = lambda p: steered_forward(STEERING)(model, p, tokens, valid, valid).logits.mean()  # noqa: E731
+    return jax.value_and_grad(loss)(params)
 
 
 def padded_batch(vocab: int):
@@ -66,6 +77,8 @@ def check(model_dir: str) -> dict:
     tokens, valid, positions = padded_batch(reference_model.cfg.vocab_size)
     reference = np.asarray(forward(reference_model, tokens, positions, valid))
     result["reference_std"] = float(reference[valid].std())
+    params = STEERING.init_params(jax.random.key(0), reference_model.cfg)
+    ref_loss, ref_grad = steered_loss_and_grad(reference_model, params, tokens, valid)
     for mesh_name, shape in MESHES.items():
         mesh = make_mesh(shape)
         model = load_model(model_dir, jnp.float32, mesh=mesh, rules=RULES)
@@ -73,10 +86,14 @@ def check(model_dir: str) -> dict:
         sharding = batch_sharding(mesh, RULES, 2, tokens.shape[0])
         placed = [jax.device_put(x, sharding) for x in (tokens, positions, valid)]
         batch_logits = np.asarray(forward(model, *placed))
+        loss, grad = steered_loss_and_grad(model, params, placed[0], placed[2])
         result["meshes"][mesh_name] = dict(
             mesh=shape,
             max_abs_diff=float(np.abs(logits - reference)[valid].max()),
             batch_sharded_max_abs_diff=float(np.abs(batch_logits - reference)[valid].max()),
+            steered_loss_diff=abs(float(loss) - float(ref_loss)),
+            steered_grad_max_abs_diff=max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(
+                jax.tree.leaves(grad), jax.tree.leaves(ref_grad))),
             batch_spec=spec_json(placed[0].sharding.spec, 2),
             batch_shard_shapes=sorted({tuple(s.data.shape) for s in placed[0].addressable_shards}),
             weights=weights_summary(model),

@@ -78,6 +78,14 @@ def test_sharded_logits_match_unsharded(summary, name, mesh_name):
 
 @pytest.mark.parametrize("mesh_name", sorted(MESHES))
 @pytest.mark.parametrize("name", MODELS)
+def test_steered_forward_and_grad_on_a_mesh_match_one_device(summary, name, mesh_name):
+    result = summary[name]["meshes"][mesh_name]
+    assert result["steered_loss_diff"] <= 1e-5
+    assert result["steered_grad_max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize("mesh_name", sorted(MESHES))
+@pytest.mark.parametrize("name", MODELS)
 def test_batch_input_is_sharded(summary, name, mesh_name):
     result, mesh = summary[name]["meshes"][mesh_name], MESHES[mesh_name]
     assert result["batch_spec"] == EXPECTED_BATCH_SPEC[mesh_name]
