@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prosv_jax.commands import demo, generate, train
+from prosv_jax.commands import axbench, demo, generate, train
 
-COMMANDS = (demo, generate, train)
+COMMANDS = (demo, generate, train, axbench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,16 +55,26 @@ def _load(path: str, reader: str, required: Sequence[str]):
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found")
+    if reader == "from_json" and not _has_content(path):
+        raise ValueError(f"{path} is empty: no rows (an empty split?)")
     datasets.disable_progress_bars()
     table = getattr(datasets.Dataset, reader)(path, keep_in_memory=True)
     _require(path, table.column_names, required)
     return table
 
 
+def _has_content(path: str) -> bool:
+    with open(path, "rb") as f:
+        return any(line.strip() for line in f)
+
+
 def load_metadata(split_dir: str | os.PathLike) -> list[dict]:
-    """The concepts of a split, one dict per line of `metadata.jsonl`, in file order."""
+    """The concepts of a split, one dict per line of `metadata.jsonl`, in file order (an empty split is an error)."""
     path = os.path.join(generate_dir(split_dir), METADATA_FILE)
-    return list(_load(path, "from_json", METADATA_COLUMNS))
+    rows = list(_load(path, "from_json", METADATA_COLUMNS))
+    if not rows:
+        raise ValueError(f"{path} lists no concepts (an empty split)")
+    return rows
 
 
 def concept_ids(split_dir: str | os.PathLike) -> list[int]:

@@ -325,7 +325,7 @@ class _CachingJudge:
             n_unique_missing = sum(1 for k in missing if k not in call.results)
             n_failed = len(call.failures)
             n_skipped = max(n_unique_missing - n_failed, 0)
-            where = f"; finished ratings are saved in the cache {self.cache.path}" if self.cache else \
+            where = f"; finished ratings are saved in the cache {self.cache.path}" if self.cache is not None else \
                 "; no cache_dir was given, so nothing was saved to disk"
             first = call.failures[0] if call.failures else "no reply"
             msg = (f"judge {self._endpoint()} could not rate all requests: {len(got)} of {len(requests)} rated "
@@ -452,7 +452,7 @@ class OpenAIJudge(_CachingJudge):
     def __repr__(self) -> str:
         return (f"OpenAIJudge(model={self.model!r}, base_url={self.base_url!r}, "
                 f"api_key={'<set>' if self._api_key else '<none>'}, max_concurrency={self.max_concurrency}, "
-                f"cache_dir={self.cache.path if self.cache else None!r})")
+                f"cache_dir={self.cache.path if self.cache is not None else None!r})")
 
     __str__ = __repr__
 
@@ -463,7 +463,7 @@ class OpenAIJudge(_CachingJudge):
                 "max_concurrency": self.max_concurrency, "max_retries": self.max_retries,
                 "backoff_base": self.backoff_base, "backoff_max": self.backoff_max,
                 "system_prompt": self.system_prompt, "templates": self.templates.source,
-                "cache_dir": self.cache.path if self.cache else None}
+                "cache_dir": self.cache.path if self.cache is not None else None}
 
     def _endpoint(self) -> str:
         return self.url
@@ -602,12 +602,12 @@ class LocalJudge(_CachingJudge):
 
     def __repr__(self) -> str:
         return (f"LocalJudge(model_name={self.model!r}, batch_size={self.batch_size}, "
-                f"cache_dir={self.cache.path if self.cache else None!r})")
+                f"cache_dir={self.cache.path if self.cache is not None else None!r})")
 
     def config(self) -> dict:
         return {"kind": "local", "model": self.model, "system_prompt": self.system_prompt,
                 "templates": self.templates.source, "batch_size": self.batch_size,
-                "cache_dir": self.cache.path if self.cache else None}
+                "cache_dir": self.cache.path if self.cache is not None else None}
 
     def _endpoint(self) -> str:
         return f"local:{self.model}"

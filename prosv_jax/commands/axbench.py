@@ -1,0 +1,270 @@
+"""`prosv-jax axbench STAGE`: the AxBench steering evaluation, one resumable stage per command (method.md section 4).
+
+    prosv-jax axbench train      --config FILE [--config.a.b=v ...] [--out TRAIN]       (= prosv-jax train)
+    prosv-jax axbench generate   --model DIR --runs TRAIN --instructions ALPACA --out GEN [--factor X ...]
+    prosv-jax axbench generate   --model DIR --prompting-file F --split SPLIT --instructions ALPACA --out GEN
+    prosv-jax axbench judge      --generations GEN [--judge openai|local] [--judge-model M] [--base-url U] [--cache C]
+    prosv-jax axbench score      --ratings DIR [DIR ...] --out REPORT [--utility UTIL ...]
+    prosv-jax axbench utility    --model DIR --runs TRAIN --mc F --gsm F --out UTIL [--first-k 10] [--factor-scales]
+    prosv-jax axbench robustness --model DIR --runs TRAIN --instructions ALPACA --out GEN
+                                 (--attack-file F | --attack-template | --attack-llm) [--factor-scales 1,0.8,0.5]
+    prosv-jax axbench prompts    --split SPLIT --out F.jsonl [--concepts ...] (judge endpoint options)
+
+File formats are documented in prosv_jax/evaluation/{answers,rating,report,utility,concept_prompts}.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _ids(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"concept ids must be integers like 0,1,2, got {text!r}") from None
+
+
+def _scales(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        values = [float(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"factor scales must be numbers like 1,0.8,0.5, got {text!r}") from None
+    if any(v <= 0 for v in values):
+        raise ValueError(f"factor scales must be > 0, got {values}")
+    return values
+
+
+def _add_generation_args(p, with_factors: bool = True) -> None:
+    p.add_argument("--model", required=True, help="local HF model folder, or 'builtin' (the offline tiny model)")
+    p.add_argument("--runs", metavar="TRAIN_OUT", help="output folder of `prosv-jax train` (the steerings)")
+    p.add_argument("--instructions", required=True, metavar="PATH", help="AlpacaEval instructions.json")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--split", metavar="DIR", help="AxBench split folder (default: the runs' data.split_dir)")
+    p.add_argument("--concepts", metavar="IDS", help="concept ids to evaluate, e.g. 0,1 (default: all trained)")
+    p.add_argument("--method", help="row label in the summary table (default: the runs folder's name)")
+    p.add_argument("--setting", help="column label (default: '<model name> L<layer>' from the train config)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="answers are cut to this many tokens")
+    p.add_argument("--n-instructions", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    if with_factors:
+        p.add_argument("--factor", action="append", metavar="X",
+                       help="a fixed factor (repeatable or comma-separated): a factor sweep, scored with factor "
+                            "selection (AxBench: 14 factors)")
+        p.add_argument("--prompting-file", metavar="F",
+                       help="prompting baseline: JSONL {concept_id, prompt} (no steering; give --split)")
+    p.add_argument("--factor-scales", metavar="S", help="the trained factor times each scale, e.g. 1,0.8,0.5")
+
+
+def _add_judge_args(p) -> None:
+    p.add_argument("--judge", choices=("openai", "local"), default="openai")
+    p.add_argument("--judge-model", help="openai: model name (default $PROSV_JUDGE_MODEL or gpt-4o-mini); "
+                                         "local: a prosv-jax model folder")
+    p.add_argument("--base-url", help="OpenAI-compatible endpoint (default $PROSV_JUDGE_BASE_URL or OpenAI's); "
+                                      "the key is read from $PROSV_JUDGE_API_KEY or $OPENAI_API_KEY only")
+    p.add_argument("--cache", metavar="DIR", help="judge cache (default: <out>/cache)")
+    p.add_argument("--rubric", metavar="FILE", help="rubric templates JSON (e.g. the official AxBench ones)")
+    p.add_argument("--max-concurrency", type=int, default=8)
+    p.add_argument("--max-retries", type=int, default=6)
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    p.add_argument("--backoff-base", type=float, default=1.0, help="first retry wait (doubles; Retry-After wins)")
+    p.add_argument("--judge-batch-size", type=int, default=16, help="local judge batch")
+    p.add_argument("--judge-max-new-tokens", type=int, default=128, help="local judge reply length")
+
+
+def _openai_kwargs(args, cache: str) -> dict:
+    return dict(model=args.judge_model, base_url=args.base_url, cache_dir=cache,
+                max_concurrency=args.max_concurrency, max_retries=args.max_retries, timeout=args.timeout,
+                backoff_base=args.backoff_base)
+
+
+def build_judge(args, cache: str):
+    from prosv_jax.evaluation import LocalJudge, OpenAIJudge, load_rubric_templates
+    from prosv_jax.evaluation.rating import local_generate_fn
+
+    templates = load_rubric_templates(args.rubric) if args.rubric else None
+    if args.judge == "openai":
+        return OpenAIJudge(templates=templates, **_openai_kwargs(args, cache))
+    if not args.judge_model:
+        raise ValueError("--judge local needs --judge-model DIR (a prosv-jax model folder, or 'builtin')")
+    generate, model_dir = local_generate_fn(args.judge_model, batch_size=args.judge_batch_size,
+                                            max_new_tokens=args.judge_max_new_tokens)
+    return LocalJudge(generate, model_dir, cache_dir=cache, templates=templates, batch_size=args.judge_batch_size)
+
+
+def _settings(args, **extra):
+    from prosv_jax.evaluation.answers import GenerateSettings, factor_list
+
+    return GenerateSettings(
+        model=args.model, out=args.out, instructions=args.instructions, runs=args.runs, split=args.split,
+        concepts=_ids(args.concepts), method=args.method, setting=args.setting,
+        factors=factor_list(getattr(args, "factor", None)), factor_scales=_scales(args.factor_scales),
+        prompting_file=getattr(args, "prompting_file", None), seed=args.seed, temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens, n_instructions=args.n_instructions, batch_size=args.batch_size,
+        dtype=args.dtype, chat=not args.no_chat, **extra)
+
+
+# --- stages ---------------------------------------------------------------------------------------------------------
+
+def run_generate(args) -> int:
+    from prosv_jax.evaluation.answers import run_generate as generate
+
+    result = generate(_settings(args))
+    print(f"generations: {os.path.abspath(result['out'])} (written {result['written']}, skipped "
+          f"{result['skipped']})")
+    return 0
+
+
+def run_judge(args) -> int:
+    from prosv_jax.evaluation.rating import PartialRatings, default_out, format_stats
+    from prosv_jax.evaluation.rating import run_judge as judge_stage
+
+    out = args.out or default_out(args.generations)
+    judge = build_judge(args, args.cache or os.path.join(out, "cache"))
+    try:
+        report = judge_stage(args.generations, judge, out)
+    except PartialRatings as e:
+        print(f"judge: {format_stats(e.report['stats'])}", file=sys.stderr)
+        print(f"prosv-jax axbench judge: partial result: {e}", file=sys.stderr)
+        return 3
+    print(f"judge: {format_stats(report['stats'])}")
+    print(f"ratings: {report['out']} (concepts {report['written']}, {report['answers_rated']} answers)")
+    return 0
+
+
+def run_score(args) -> int:
+    from prosv_jax.evaluation.report import load_ratings, load_utility, score_groups, write_report
+
+    groups = score_groups(load_ratings(args.ratings))
+    paths = write_report(groups, args.out, load_utility(args.utility))
+    with open(paths["summary_md"]) as f:
+        print(f.read().rstrip())
+    print()
+    for name, path in paths.items():
+        print(f"{name + ':':13s} {path}")
+    return 0
+
+
+def run_utility(args) -> int:
+    from prosv_jax.evaluation.utility import UtilitySettings
+    from prosv_jax.evaluation.utility import run_utility as utility
+
+    rows = utility(UtilitySettings(
+        model=args.model, out=args.out, mc=args.mc, gsm=args.gsm, runs=args.runs, first_k=args.first_k,
+        factor_scales=_scales(args.factor_scales), prompting_file=args.prompting_file, split=args.split,
+        method=args.method, setting=args.setting, unsteered=not args.no_unsteered, limit=args.limit,
+        mc_max_new_tokens=args.mc_max_new_tokens, gsm_max_new_tokens=args.gsm_max_new_tokens,
+        batch_size=args.batch_size, dtype=args.dtype))
+    print(f"utility: {os.path.abspath(os.path.join(args.out, 'utility.json'))} ({len(rows)} rows)")
+    return 0
+
+
+def run_robustness(args) -> int:
+    from prosv_jax.evaluation.answers import run_generate as generate
+    from prosv_jax.evaluation.robustness import make_attack
+
+    kinds = [k for k, on in (("file", args.attack_file), ("template", args.attack_template),
+                             ("llm", args.attack_llm)) if on]
+    if len(kinds) != 1:
+        raise ValueError("choose one source of rewritten instructions: --attack-file F, --attack-template or "
+                         "--attack-llm")
+    kind = kinds[0]
+    judge_kwargs = _openai_kwargs(args, args.cache or os.path.join(args.out, "rewrite_cache")) \
+        if kind == "llm" else None
+    source = {"file": os.path.abspath(args.attack_file) if args.attack_file else None, "template": "template",
+              "llm": "llm"}[kind]
+    result = generate(_settings(args, attack="suppression", attack_source=source),
+                      attack=make_attack(kind, args.attack_file, judge_kwargs))
+    print(f"attacked generations: {os.path.abspath(result['out'])} (written {result['written']}, skipped "
+          f"{result['skipped']}); next: prosv-jax axbench judge --generations {result['out']}")
+    return 0
+
+
+def run_prompts(args) -> int:
+    from prosv_jax.evaluation.concept_prompts import STEERING_PROMPT_PROMPT, llm_texts
+    from prosv_jax.evaluation.records import write_jsonl
+    from prosv_jax.evaluation.runs import check_concepts, concept_table
+
+    concepts = concept_table(args.split)
+    ids = _ids(args.concepts) or sorted(concepts)
+    check_concepts(ids, concepts, args.split)
+    texts, stats = llm_texts(STEERING_PROMPT_PROMPT, [(concepts[c], "") for c in ids],
+                             **_openai_kwargs(args, args.cache or os.path.splitext(args.out)[0] + "_cache"))
+    write_jsonl(args.out, [{"concept_id": c, "prompt": t} for c, t in zip(ids, texts)])
+    print(f"steering prompts: {args.out} ({len(ids)} concepts; {stats['requests_sent']} requests, "
+          f"{stats['cache_hits']} cached)")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    from prosv_jax.commands import train
+
+    parser = subparsers.add_parser(
+        "axbench", help="AxBench steering evaluation: train, generate, judge, score, utility, robustness",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+
+    train.add_parser(stages)  # `axbench train` is `prosv-jax train`: every concept of the config's split
+
+    p = stages.add_parser("generate", help="steered (or prompted) answers to 10 AlpacaEval instructions per concept")
+    _add_generation_args(p)
+    p.set_defaults(run=run_generate)
+
+    p = stages.add_parser("judge", help="rate every answer on the three rubric questions")
+    p.add_argument("--generations", required=True, metavar="DIR", help="an `axbench generate` output folder")
+    p.add_argument("--out", metavar="DIR", help="ratings folder (default: <generations>/ratings)")
+    _add_judge_args(p)
+    p.set_defaults(run=run_judge)
+
+    p = stages.add_parser("score", help="steering scores, summary table and plots from ratings")
+    p.add_argument("--ratings", required=True, nargs="+", metavar="DIR",
+                   help="ratings folders, or folders above them (searched for judge.json)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--utility", nargs="*", metavar="DIR", help="`axbench utility` output folders (for the table "
+                                                               "and the utility-vs-robustness plot)")
+    p.set_defaults(run=run_score)
+
+    p = stages.add_parser("utility", help="multiple-choice / GSM8K-style accuracy with the first K steerings")
+    p.add_argument("--model", required=True)
+    p.add_argument("--runs", metavar="TRAIN_OUT")
+    p.add_argument("--mc", metavar="FILE", help="multiple-choice JSONL (tinyMMLU format)")
+    p.add_argument("--gsm", metavar="FILE", help="GSM8K-style JSONL (tinyGSM8K format)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--first-k", type=int, default=10)
+    p.add_argument("--factor-scales", metavar="S", help="e.g. 1,0.8,0.5")
+    p.add_argument("--prompting-file", metavar="F", help="also evaluate the prompting baseline")
+    p.add_argument("--split", metavar="DIR")
+    p.add_argument("--method")
+    p.add_argument("--setting")
+    p.add_argument("--no-unsteered", action="store_true")
+    p.add_argument("--limit", type=int, help="use the first N items of each file")
+    p.add_argument("--mc-max-new-tokens", type=int, default=16)
+    p.add_argument("--gsm-max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.set_defaults(run=run_utility)
+
+    p = stages.add_parser("robustness", help="answers under the suppression attack (then judge and score them)")
+    _add_generation_args(p, with_factors=False)
+    p.add_argument("--attack-file", metavar="F", help="JSONL {concept_id, instruction_index, instruction}")
+    p.add_argument("--attack-template", action="store_true", help="append a fixed 'do not mention' request")
+    p.add_argument("--attack-llm", action="store_true", help="the judge endpoint rewrites each instruction")
+    _add_judge_args(p)
+    p.set_defaults(run=run_robustness)
+
+    p = stages.add_parser("prompts", help="write a prompting-baseline file with the judge LLM")
+    p.add_argument("--split", required=True, metavar="DIR")
+    p.add_argument("--concepts", metavar="IDS")
+    p.add_argument("--out", required=True, metavar="FILE")
+    _add_judge_args(p)
+    p.set_defaults(run=run_prompts)

@@ -1,0 +1,285 @@
+"""Stage `axbench generate`: answers of a steered (or prompted) model to each concept's 10 AlpacaEval instructions.
+
+Output folder:
+
+- `generate.json`: the settings of the stage (a rerun with other settings into the same folder is refused);
+- `c<concept id>.jsonl`: one record per answer, written atomically once the concept is done (a rerun skips it).
+
+Record fields (every setting needed to reproduce the answer):
+
+    method, setting          labels of the table's row and column (e.g. "PrOSV Lang", "Gemma-2-2B L10")
+    mode                     "steering" (the trained factor) | "sweep" (fixed factors) | "scaled" (trained x scale)
+                             | "prompting" (no steering; a steering prompt before the instruction)
+    attack                   null, or "suppression" (the instruction was rewritten to avoid the concept)
+    concept_id, concept      the concept and its description
+    run, steering            the trained run's name and folder (null for prompting)
+    factor, factor_scale     the steering vector's factor alpha used (null for prompting or LoReFT), its scale
+    instruction_pos          0..9: position in the concept's sample (factor selection: choose on 0-4, report on 5-9)
+    instruction_index        index in AlpacaEval's instructions.json
+    instruction              the original instruction (what the judge sees)
+    prompt                   the user message given to the model (chat-templated when chat is true)
+    answer, answer_tokens, stopped   the answer text (at most max_new_tokens tokens), its length, whether it ended
+                             with a stop token
+    model, dtype, chat, seed, sampling, max_new_tokens, batch_size, batch_index, batch_row
+                             the batch: rows of a concept go in order (runs, then factors, then instructions) in
+                             batches of batch_size; batch b of concept c samples with
+                             jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), c), b)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from typing import Callable, Sequence
+
+from .concept_prompts import load_prompting_file, prompting_prompt
+from .instructions import load_alpaca_instructions, sample_instructions
+from .records import read_json, write_json, write_jsonl
+from .runs import check_concepts, concept_table, find_runs, setting_of_runs, split_of_runs
+
+SETTINGS_FILE = "generate.json"
+
+
+@dataclasses.dataclass
+class GenerateSettings:
+    model: str
+    out: str
+    instructions: str
+    runs: str | None = None  # a train output folder (steering methods)
+    split: str | None = None  # AxBench split folder (default: the one the runs were trained on)
+    concepts: list[int] | None = None  # default: the concepts of the runs (prompting: of the split)
+    method: str | None = None
+    setting: str | None = None
+    factors: list[float] | None = None  # a fixed-factor sweep
+    factor_scales: list[float] | None = None  # the trained factor times each scale
+    prompting_file: str | None = None
+    attack: str | None = None  # a label of the instruction rewrite ("suppression"), set by the robustness stage
+    attack_source: str | None = None
+    seed: int = 0
+    temperature: float = 1.0
+    max_new_tokens: int = 128
+    n_instructions: int = 10
+    batch_size: int = 16
+    dtype: str = "float32"
+    chat: bool = True
+
+
+@dataclasses.dataclass
+class _Row:
+    run: object  # TrainedRun or None
+    method: str
+    mode: str
+    factor: float | None
+    factor_scale: float | None
+    pos: int
+    index: int
+    instruction: str
+    prompt: str
+
+
+def concept_file(out: str, concept_id: int) -> str:
+    return os.path.join(out, f"c{int(concept_id)}.jsonl")
+
+
+def concept_files(folder: str) -> list[int]:
+    """Concept ids with a c<id>.jsonl in `folder`, ascending."""
+    ids = [re.match(r"^c(\d+)\.jsonl$", name) for name in os.listdir(folder)] if os.path.isdir(folder) else []
+    return sorted(int(m.group(1)) for m in ids if m)
+
+
+def _check(s: GenerateSettings) -> None:
+    if s.prompting_file and s.runs:
+        raise ValueError("--prompting-file evaluates the prompting baseline (no steering); give it without --runs "
+                         "(use --split/--concepts to choose the concepts)")
+    if not s.prompting_file and not s.runs:
+        raise ValueError("give --runs TRAIN_OUT_DIR (steering) or --prompting-file FILE (prompting baseline)")
+    if s.factors and s.factor_scales:
+        raise ValueError("--factor (a sweep of fixed factors) and --factor-scales (the trained factor scaled) "
+                         "exclude each other")
+    if s.prompting_file and (s.factors or s.factor_scales):
+        raise ValueError("factors apply to steerings, not to the prompting baseline")
+    if s.temperature < 0 or s.max_new_tokens < 1 or s.n_instructions < 1:
+        raise ValueError("temperature must be >= 0, max_new_tokens and n_instructions >= 1")
+
+
+def _labels(s: GenerateSettings, model_dir: str) -> tuple[str, str]:
+    if s.prompting_file:
+        method = s.method or "prompting"
+    else:
+        method = s.method or os.path.basename(os.path.normpath(s.runs)) + (" (factor selected)" if s.factors else "")
+    if s.setting:
+        setting = s.setting
+    elif s.runs:
+        setting = setting_of_runs(s.runs, model_dir)
+    else:
+        setting = os.path.basename(os.path.normpath(model_dir))
+    return method, setting
+
+
+def _stored_settings(s: GenerateSettings, model_dir: str, split: str, method: str, setting: str) -> dict:
+    d = dataclasses.asdict(s)
+    d.update(model=model_dir, split=split, method=method, setting=setting,
+             runs=os.path.abspath(s.runs) if s.runs else None, out=os.path.abspath(s.out),
+             instructions=os.path.abspath(s.instructions),
+             prompting_file=os.path.abspath(s.prompting_file) if s.prompting_file else None,
+             sampling={"temperature": s.temperature, "top_p": 1.0, "top_k": 0})
+    return d
+
+
+def _check_resume(out: str, stored: dict) -> None:
+    path = os.path.join(out, SETTINGS_FILE)
+    if not os.path.isfile(path):
+        return
+    old = read_json(path)
+    free = ("concepts", "out")
+    changed = sorted(k for k in set(old) | set(stored) if k not in free and old.get(k) != stored.get(k))
+    if changed:
+        raise ValueError(f"{out} holds generations made with other settings ({changed} differ); rerun with the same "
+                         "settings to resume, or choose a new --out")
+
+
+def _rows_for(concept_id: int, concept: str, sample, runs, s: GenerateSettings, method: str, prompts: dict | None,
+              attack_texts: dict | None, trained: dict) -> list[_Row]:
+    def instruction_text(idx: int, text: str) -> str:
+        return attack_texts[(concept_id, idx)] if attack_texts is not None else text
+
+    rows = []
+    if prompts is not None:
+        for pos, (idx, text) in enumerate(sample):
+            rows.append(_Row(None, method, "prompting", None, None, pos, idx, text,
+                             prompting_prompt(prompts[concept_id], instruction_text(idx, text))))
+        return rows
+    for run in runs:
+        label = method if len(runs) == 1 else f"{method} [{run.variant}]"
+        alpha = trained[run.name]
+        if s.factors:
+            if alpha is None:
+                raise ValueError(f"{run.path}: a factor sweep needs a steering vector (this steering has no factor)")
+            settings = [(label, "sweep", float(f), None) for f in s.factors]
+        elif s.factor_scales:
+            if alpha is None:
+                raise ValueError(f"{run.path}: --factor-scales needs a steering vector (this steering has no factor)")
+            settings = [(label if sc == 1 else f"{label} x{sc:g}", "scaled", alpha * sc, float(sc))
+                        for sc in s.factor_scales]
+        else:
+            settings = [(label, "steering", alpha, None)]
+        for lab, mode, factor, scale in settings:
+            for pos, (idx, text) in enumerate(sample):
+                rows.append(_Row(run, lab, mode, factor, scale, pos, idx, text, instruction_text(idx, text)))
+    return rows
+
+
+def run_generate(s: GenerateSettings, attack: Callable[[dict], dict] | None = None,
+                 log: Callable[[str], None] = print) -> dict:
+    """Generates every concept not yet in `s.out`; returns {"written": [...], "skipped": [...], "out": ...}.
+
+    `attack({concept id: (concept, [(instruction index, text), ...])}) -> {(concept id, index): rewritten}` rewrites
+    the instructions of the concepts about to be generated (the robustness stage).
+    """
+    import jax
+
+    from prosv_jax.builtin import builtin_model_dir
+
+    _check(s)
+    model_dir = builtin_model_dir() if s.model == "builtin" else os.path.abspath(s.model)
+    if not os.path.isdir(model_dir):
+        raise FileNotFoundError(f"model folder {s.model} not found")
+    runs = find_runs(s.runs) if s.runs else []
+    split = s.split or (split_of_runs(s.runs) if s.runs else None)
+    if not split:
+        raise ValueError("no AxBench split to read the concepts from: give --split DIR (a prod_<model>_<layer>_v1 "
+                         "folder or its generate/ folder)")
+    split = os.path.abspath(split)
+    concepts = concept_table(split)
+    if s.concepts:
+        ids = sorted({int(c) for c in s.concepts})
+    elif runs:
+        ids = sorted({r.concept_id for r in runs})
+    else:
+        ids = sorted(concepts)
+    check_concepts(ids, concepts, split)
+    by_concept = {cid: [r for r in runs if r.concept_id == cid] for cid in ids}
+    if runs:
+        untrained = [c for c, rs in by_concept.items() if not rs]
+        if untrained:
+            raise ValueError(f"{s.runs}: no trained steering for concept id(s) {untrained} (trained: "
+                             f"{sorted({r.concept_id for r in runs})})")
+    method, setting = _labels(s, model_dir)
+    stored = _stored_settings(s, model_dir, split, method, setting)
+    os.makedirs(s.out, exist_ok=True)
+    _check_resume(s.out, stored)
+    instructions = load_alpaca_instructions(s.instructions)
+    prompts = load_prompting_file(s.prompting_file, ids) if s.prompting_file else None
+    samples = {cid: sample_instructions(instructions, cid, s.n_instructions) for cid in ids}
+    todo = [cid for cid in ids if not os.path.isfile(concept_file(s.out, cid))]
+    skipped = [cid for cid in ids if cid not in todo]
+    stored["concepts"] = ids
+    write_json(os.path.join(s.out, SETTINGS_FILE), stored)
+    if skipped:
+        log(f"already generated: concept(s) {skipped}")
+    if not todo:
+        return {"written": [], "skipped": skipped, "out": s.out}
+    attack_texts = attack({cid: (concepts[cid], samples[cid]) for cid in todo}) if attack else None
+
+    from .generation import Generator, trained_factor
+
+    gen = Generator(model_dir, s.dtype, s.batch_size)
+    base = {"setting": setting, "attack": s.attack, "model": model_dir, "dtype": s.dtype, "chat": s.chat,
+            "seed": s.seed, "sampling": stored["sampling"], "max_new_tokens": s.max_new_tokens,
+            "batch_size": s.batch_size}
+    for cid in todo:
+        start = time.time()
+        loaded = {r.name: gen.load_steering(r.path) for r in by_concept[cid]}
+        trained = {name: trained_factor(*sp) for name, sp in loaded.items()}
+        rows = _rows_for(cid, concepts[cid], samples[cid], by_concept[cid], s, method, prompts, attack_texts, trained)
+        records, b = [], 0
+        concept_key = jax.random.fold_in(jax.random.key(s.seed), cid)
+        groups = [[r for r in rows if r.run is run] for run in (by_concept[cid] or [None])]
+        for group in groups:
+            for batch_rows in (group[i:i + s.batch_size] for i in range(0, len(group), s.batch_size)):
+                run = batch_rows[0].run
+                steering, params = loaded[run.name] if run else (None, None)
+                factors = [r.factor for r in batch_rows] if run and trained[run.name] is not None else None
+                answers = gen.generate([r.prompt for r in batch_rows], key=jax.random.fold_in(concept_key, b),
+                                       max_new_tokens=s.max_new_tokens, temperature=s.temperature, chat=s.chat,
+                                       steering=steering, params=params, factors=factors)
+                for row_i, (r, a) in enumerate(zip(batch_rows, answers)):
+                    records.append({**base, "method": r.method, "mode": r.mode, "concept_id": cid,
+                                    "concept": concepts[cid], "run": run.name if run else None,
+                                    "steering": run.path if run else None, "factor": r.factor,
+                                    "factor_scale": r.factor_scale, "instruction_pos": r.pos,
+                                    "instruction_index": r.index, "instruction": r.instruction, "prompt": r.prompt,
+                                    "answer": a.text, "answer_tokens": a.n_tokens, "stopped": a.stopped,
+                                    "batch_index": b, "batch_row": row_i})
+                b += 1
+        write_jsonl(concept_file(s.out, cid), records)
+        log(f"concept {cid}: {len(records)} answers in {time.time() - start:.1f} s -> {concept_file(s.out, cid)}")
+    return {"written": todo, "skipped": skipped, "out": s.out}
+
+
+def load_generations(folder: str) -> tuple[dict, dict[int, list[dict]]]:
+    """(settings, {concept id: records}) of a generate output folder."""
+    from .records import read_jsonl
+
+    settings = read_json(os.path.join(folder, SETTINGS_FILE))
+    out = {}
+    for cid in concept_files(folder):
+        out[cid] = read_jsonl(concept_file(folder, cid), GENERATION_FIELDS, "generation record")
+    if not out:
+        raise ValueError(f"{folder}: no generated concept (no c<id>.jsonl); run `prosv-jax axbench generate` first")
+    return settings, out
+
+
+GENERATION_FIELDS = ("method", "setting", "concept_id", "concept", "instruction_pos", "instruction", "answer")
+
+
+def factor_list(values: Sequence[str] | None) -> list[float] | None:
+    """'--factor 1 2,3' style values as floats (None when not given)."""
+    if not values:
+        return None
+    out = []
+    for v in values:
+        out += [float(x) for x in str(v).replace(",", " ").split()]
+    return out

@@ -1,0 +1,112 @@
+"""Stage `axbench judge`: every generated answer rated 0/1/2 on the three rubric questions.
+
+Output folder (default `<generations>/ratings`):
+
+- `judge.json`: the judge's settings (never a key) and the generations folder;
+- `c<concept id>.jsonl`: the generation records plus `ratings` ({"concept": 0-2, "instruction": 0-2,
+  "fluency": 0-2}), `malformed` (factors whose reply had no parseable rating; they count as 0) and `judge_replies`;
+  written atomically once all of a concept's answers are rated;
+- `judge_report.json`: status ("complete" or "partial"), concepts written, the failure if any, and the counters
+  (requests sent, retries, cache hits, malformed, failures, prompt/completion tokens).
+
+Every rating is cached on disk as soon as it arrives (default cache `<out>/cache`), so a rerun resumes where a failure
+stopped and a complete rerun sends no request. Concepts are rated in order; after a concept fails (the endpoint gives
+up), later concepts are not attempted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from .answers import load_generations
+from .judges import JudgeError, rate_answers
+from .records import write_json, write_jsonl
+from .rubric import FACTORS
+
+JUDGE_FILE = "judge.json"
+REPORT_FILE = "judge_report.json"
+
+
+class PartialRatings(RuntimeError):
+    """The judge stopped before every concept was rated; `report` says what was kept."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+def default_out(generations: str) -> str:
+    return os.path.join(generations, "ratings")
+
+
+def run_judge(generations: str, judge, out: str | None = None, log: Callable[[str], None] = print) -> dict:
+    """Rates every answer of a generate folder into `out`; returns the report (raises PartialRatings on failure)."""
+    settings, by_concept = load_generations(generations)
+    out = out or default_out(generations)
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, JUDGE_FILE), {"judge": judge.config(), "generations": os.path.abspath(generations),
+                                                "method": settings.get("method"), "setting": settings.get("setting")})
+    report = {"status": "complete", "generations": os.path.abspath(generations), "out": os.path.abspath(out),
+              "written": [], "failed": None, "not_attempted": [], "answers_rated": 0}
+    start = time.time()
+    ids = sorted(by_concept)
+    for n, cid in enumerate(ids):
+        records = by_concept[cid]
+        items = [(r["concept"], r["instruction"], r["answer"]) for r in records]
+        try:
+            rated = rate_answers(judge, items)
+        except JudgeError as e:
+            report.update(status="partial", failed={"concept_id": cid, "ratings_obtained": e.n_succeeded,
+                                                    "ratings_needed": e.n_total, "failed": e.n_failed,
+                                                    "abandoned": e.n_skipped, "error": str(e)},
+                          not_attempted=ids[n + 1:])
+            break
+        rows = []
+        for rec, ratings in zip(records, rated):
+            rows.append({**rec, "ratings": {f: ratings[f].value for f in FACTORS},
+                         "malformed": [f for f in FACTORS if not ratings[f].ok],
+                         "judge_replies": {f: ratings[f].reply for f in FACTORS}})
+        write_jsonl(os.path.join(out, f"c{cid}.jsonl"), rows)
+        report["written"].append(cid)
+        report["answers_rated"] += len(rows)
+        log(f"concept {cid}: {len(rows)} answers rated")
+    report["stats"] = judge.stats.as_dict()
+    report["seconds"] = round(time.time() - start, 3)
+    write_json(os.path.join(out, REPORT_FILE), report)
+    if report["status"] == "partial":
+        f = report["failed"]
+        cache = judge.cache.path if getattr(judge, "cache", None) is not None else None
+        raise PartialRatings(
+            f"the judge failed on concept {f['concept_id']}: {f['ratings_obtained']} of its {f['ratings_needed']} "
+            f"ratings obtained{f' (kept in the cache {cache})' if cache else ''}; rated and written: concept(s) "
+            f"{report['written'] or 'none'} in {out}; not attempted: {report['not_attempted'] or 'none'}. "
+            f"Rerun the same command to resume (cached ratings cost nothing). Error: {f['error']}", report)
+    return report
+
+
+def format_stats(stats: dict) -> str:
+    return (f"requests sent {stats['requests_sent']}, retries {stats['retries']}, cache hits {stats['cache_hits']}, "
+            f"ratings {stats['rated']}, malformed {stats['malformed']} (counted as 0), failures {stats['failures']}, "
+            f"tokens {stats['prompt_tokens']} prompt + {stats['completion_tokens']} completion")
+
+
+def local_generate_fn(model_dir: str, dtype: str = "float32", batch_size: int = 16, max_new_tokens: int = 128):
+    """(generate(prompts) -> replies, model dir): greedy, chat-templated answers of a prosv-jax model (local judge).
+    The model is loaded at the first call, so a fully cached rerun never loads it."""
+    from prosv_jax.builtin import builtin_model_dir
+
+    from .generation import Generator
+
+    path = builtin_model_dir() if model_dir == "builtin" else os.path.abspath(model_dir)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"local judge model folder {model_dir} not found")
+    loaded = []
+
+    def generate(prompts):
+        if not loaded:
+            loaded.append(Generator(path, dtype, batch_size))
+        return [a.text for a in loaded[0](list(prompts), max_new_tokens=max_new_tokens, chat=True, temperature=0.0)]
+
+    return generate, path
