@@ -402,3 +402,27 @@ def test_local_judge_caches_and_keeps_partial_work(tmp_path):
 
     with pytest.raises(JudgeError, match="returned 1 replies for 2 prompts"):
         LocalJudge(lambda ps: ["Rating: [[1]]"], "short").rate(reqs[:2])
+
+
+def test_local_judge_with_a_prosv_jax_model(tmp_path, monkeypatch):
+    """A prosv-jax model answers the rubric prompts; replies are parsed (or counted malformed) and cached."""
+    from prosv_jax.evaluation.judges import LocalJudge, rate_answers
+    from prosv_jax.evaluation.rating import local_generate_fn
+
+    monkeypatch.setenv("PROSV_JAX_CACHE", str(tmp_path / "models"))
+    generate, path = local_generate_fn("builtin", max_new_tokens=6)
+    calls = []
+
+    def counting(prompts):
+        calls.append(len(prompts))
+        return generate(prompts)
+
+    items = [("cats", "Tell me about pets.", "Cats are great."), ("rain", "Describe the weather.", "It is sunny.")]
+    judge = LocalJudge(counting, path, cache_dir=str(tmp_path / "cache"))
+    first = rate_answers(judge, items)
+    assert sum(calls) == 6 and len(first) == 2
+    assert all(r.value in (0, 1, 2) for answer in first for r in answer.values())
+    assert judge.stats.malformed == sum(not r.ok for answer in first for r in answer.values())
+    again = rate_answers(LocalJudge(counting, path, cache_dir=str(tmp_path / "cache")), items)
+    assert sum(calls) == 6  # the rerun is served from the cache
+    assert [[r.value for r in a.values()] for a in again] == [[r.value for r in a.values()] for a in first]
