@@ -59,10 +59,8 @@ import time
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="See the module docstring for what is measured and how to use mimalloc.")
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The Gemma-2-shaped benchmark model's options, shared by every benchmark script."""
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--heads", type=int, default=8)
@@ -70,6 +68,13 @@ def parse_args(argv=None):
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--intermediate", type=int, default=4096)
     p.add_argument("--vocab", type=int, default=32000, help="Gemma-2's real vocabulary is 256000")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="See the module docstring for what is measured and how to use mimalloc.")
+    add_model_args(p)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="both")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--prompt-len", type=int, default=128)

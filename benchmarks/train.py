@@ -30,7 +30,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import CpuMeter, allocator, build_checkpoint, find_mimalloc, machine  # noqa: E402
+from forward import add_model_args, CpuMeter, allocator, build_checkpoint, find_mimalloc, machine  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -38,13 +38,7 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--kv-heads", type=int, default=4)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--intermediate", type=int, default=4096)
-    p.add_argument("--vocab", type=int, default=32000)
+    add_model_args(p)
     p.add_argument("--batch", type=int, default=12)
     p.add_argument("--positions", default="f2+l2", help="position spec of the steering (f2+l2 or all)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="both")
