@@ -70,6 +70,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab", type=int, default=32000, help="Gemma-2's real vocabulary is 256000")
 
 
+def add_timing_args(p: argparse.ArgumentParser) -> None:
+    """--cores and --clock: how to time on a machine that other jobs may share."""
+    p.add_argument("--cores", type=int, default=None,
+                   help="pin the process to the first N cores (XLA follows the affinity; torch gets N threads). "
+                        "On a machine shared with other jobs, --cores 1 gives steadier jax/HF ratios")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: time by the process's CPU time (time.process_time) instead of wall time; with --cores 1 "
+                        "it is robust to other jobs on a shared machine (no idle waits to miss); with more cores it "
+                        "counts spinning threads, so use wall")
+
+
+def pin_cores(args):
+    """Applies --cores; returns the clock that --clock names."""
+    if args.cores:
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
+    return time.process_time if args.clock == "cpu" else time.perf_counter
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -80,13 +98,7 @@ def parse_args(argv=None):
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--cores", type=int, default=None,
-                   help="pin the process to the first N cores (XLA follows the affinity; torch gets N threads). "
-                        "On a machine shared with other jobs, --cores 1 gives steadier jax/HF ratios")
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="cpu: time by the process's CPU time (time.process_time) instead of wall time; with --cores 1 "
-                        "it is robust to other jobs on a shared machine (no idle waits to miss); with more cores it "
-                        "counts spinning threads, so use wall")
+    add_timing_args(p)
     p.add_argument("--quick", action="store_true", help="tiny smoke config (overrides the shape options)")
     p.add_argument("--mimalloc", action="store_true", help="re-execute with libmimalloc.so preloaded")
     p.add_argument("--out", default=None, help="markdown file to append to (default results/forward-<date>.md)")
@@ -255,8 +267,7 @@ def main(argv=None) -> None:
         env = dict(os.environ, LD_PRELOAD=lib)
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + (argv or sys.argv[1:]), env)
 
-    if args.cores:
-        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:args.cores]))
+    clock = pin_cores(args)
     threads = len(os.sched_getaffinity(0))
     import numpy as np
     import torch
@@ -279,7 +290,7 @@ def main(argv=None) -> None:
         build_checkpoint(args, directory)
         for dtype in dtypes:
             runners = dict(jax=jax_runner(directory, dtype, tokens, args), hf=hf_runner(directory, dtype, tokens, args))
-            times = measure(runners, args.repeats, time.process_time if args.clock == "cpu" else time.perf_counter)
+            times = measure(runners, args.repeats, clock)
             j, h = runners["jax"]["out"], runners["hf"]["out"]
             notes["hf"] = f"attn_implementation={h['attn']}, cache_implementation={h['cache']}"
             med = {side: {k: statistics.median(v) for k, v in t.items()} for side, t in times.items()}

@@ -21,7 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import add_model_args, CpuMeter, build_checkpoint, machine  # noqa: E402
+from forward import add_model_args, add_timing_args, pin_cores, CpuMeter, build_checkpoint, machine  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -29,6 +29,7 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_args(p)
+    add_timing_args(p)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--prompt-len", type=int, default=128)
@@ -54,6 +55,7 @@ def main(argv=None) -> None:
     from prosv_jax.interventions import Steering, SteeringVector, steered_generate
     from prosv_jax.models.loading import load_model
 
+    clock = pin_cores(args)
     info = machine()
     tokens = np.random.default_rng(0).integers(3, args.vocab, (args.batch, args.prompt_len))
     valid = np.ones(tokens.shape, bool)
@@ -79,9 +81,9 @@ def main(argv=None) -> None:
     times = {key: [] for key in runs}
     for _ in range(args.repeats):
         for key, fn in runs.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[key].append(time.perf_counter() - t0)
+            times[key].append(clock() - t0)
     med = {key: statistics.median(t) for key, t in times.items()}
     rate = {name: args.batch * (args.new_tokens - 1) / (med[(name, args.new_tokens)] - med[(name, 1)])
             for name in variants}
@@ -90,7 +92,7 @@ def main(argv=None) -> None:
     table += [f"| {name} | {r:.1f} | {r / rate['unsteered']:.3f}x |" for name, r in rate.items()]
     shape = (f"Gemma-2-shaped random weights, {args.layers} layers, d={args.hidden}, vocab {args.vocab}, {args.dtype}; "
              f"batch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new tokens, SV at block {args.layer}, "
-             f"median of {args.repeats}")
+             f"median of {args.repeats}, {args.clock}-clock seconds")
     print(shape + "\n" + "\n".join(table) + f"\n{load}; total {time.perf_counter() - t_start:.0f} s")
     if args.no_write:
         return

@@ -30,7 +30,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import add_model_args, CpuMeter, allocator, build_checkpoint, find_mimalloc, machine  # noqa: E402
+from forward import add_model_args, add_timing_args, pin_cores, CpuMeter, allocator, build_checkpoint, find_mimalloc, machine  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -39,6 +39,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
+    add_timing_args(p)
     p.add_argument("--batch", type=int, default=12)
     p.add_argument("--positions", default="f2+l2", help="position spec of the steering (f2+l2 or all)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="both")
@@ -140,16 +141,16 @@ def torch_side(directory, dtype, layer, args):
     return step
 
 
-def timed(sides: dict, repeats: int) -> dict:
+def timed(sides: dict, repeats: int, clock=time.perf_counter) -> dict:
     """{name: median seconds per call}; one warm-up each, then the sides alternate call by call."""
     for fn in sides.values():
         fn()
     times = {name: [] for name in sides}
     for _ in range(repeats):
         for name, fn in sides.items():
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -168,6 +169,7 @@ def main(argv=None) -> None:
     from prosv_jax.models.loading import load_model
 
     transformers.logging.set_verbosity_error()
+    clock = pin_cores(args)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     info = machine()
     dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]
@@ -175,7 +177,8 @@ def main(argv=None) -> None:
               for f in map(float, args.layer_fractions.split(","))]
     shape = (f"Gemma-2-shaped, random weights: {args.layers} layers, d={args.hidden}, {args.heads}/{args.kv_heads} "
              f"heads, head_dim {args.head_dim}, MLP {args.intermediate}, vocab {args.vocab}; batch {args.batch}, "
-             f"prompts 20-30, responses 90-170 cut to 128; positions {args.positions}; median of {args.repeats}")
+             f"prompts 20-30, responses 90-170 cut to 128; positions {args.positions}; median of {args.repeats}, "
+             f"{args.clock}-clock seconds, {len(os.sched_getaffinity(0)) if not args.cores else args.cores} core(s)")
     print(shape, f"\nallocator: {info['allocator']}", flush=True)
     rows, meter, t_start = [], CpuMeter(), time.perf_counter()
     with tempfile.TemporaryDirectory() as directory:
@@ -190,7 +193,7 @@ def main(argv=None) -> None:
                 if layer != layers[0]:
                     sides[f"reference (PyTorch), L={layer}"] = torch_side(directory, dtype, layer, args)
                 sides[name], setups[name], _ = jax_side(model, layer, args, "device")
-            seconds = timed(sides, args.repeats)
+            seconds = timed(sides, args.repeats, clock)
             reference = {layer: seconds.get(f"reference (PyTorch), L={layer}", seconds["reference (PyTorch)"])
                          for layer in layers}
             for name, sec in seconds.items():
@@ -204,7 +207,7 @@ def main(argv=None) -> None:
             layer = layers[-1]
             grid_step, _, tokens = jax_side(model, layer, args, "device", runs=args.grid)
             single_step, _, _ = jax_side(model, layer, args, "device", runs=1)
-            seconds = timed({"grid": grid_step, "single": single_step}, args.repeats)
+            seconds = timed({"grid": grid_step, "single": single_step}, args.repeats, clock)
             rows.append(dict(dtype="float32", row=f"{args.grid} runs vmapped (one program), L={layer}",
                              tokens_per_s=args.grid * tokens / seconds["grid"], seconds=seconds["grid"],
                              vs_reference=None, setup_s=None,
