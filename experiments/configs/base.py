@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         split_dir="", concept_ids=[], max_response=128, negatives="", chat=True))
     c.objective = "lang"
-    c.vocab_chunk = 32768
+    c.vocab_chunk = 8192
     c.optim = ml_collections.ConfigDict(dict(
         factor_lr=1.0, direction_lr=4e-2, other_lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0,
         clip_groups=["direction"], schedule="linear", warmup_steps=0, grad_accum=1, width_scaling=False,

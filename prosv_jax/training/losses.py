@@ -15,7 +15,7 @@ F32 = jnp.float32
 
 
 def token_logprobs(model: Decoder, hidden: jax.Array, target_index: jax.Array, target_ids: jax.Array,
-                   vocab_chunk: int = 32768) -> jax.Array:
+                   vocab_chunk: int = 8192) -> jax.Array:
     """log p(target_ids) [B, R] from residuals hidden [B, T, d] at positions target_index [B, R]."""
     h = jnp.take_along_axis(hidden, target_index[..., None], axis=1)  # [B, R, d]
     h = model.final_norm(h)
@@ -48,7 +48,10 @@ def token_logprobs(model: Decoder, hidden: jax.Array, target_index: jax.Array, t
 
     shape = target_ids.shape
     init = (jnp.full(shape, -jnp.inf, F32), jnp.zeros(shape, F32), jnp.zeros(shape, F32))
-    (running_max, running_sum, target_logit), _ = jax.lax.scan(chunk_stats, init, jnp.arange(num_chunks) * chunk)
+    # Rematerialised: the backward pass recomputes each chunk's logits instead of keeping all of them, so memory
+    # holds one [B, R, chunk] block at a time (a vmapped grid of runs multiplies B).
+    (running_max, running_sum, target_logit), _ = jax.lax.scan(
+        jax.checkpoint(chunk_stats), init, jnp.arange(num_chunks) * chunk)
     return target_logit - (running_max + jnp.log(running_sum))
 
 

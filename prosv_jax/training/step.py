@@ -46,7 +46,7 @@ class StepData(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class StepConfig:
     objective: str = "lang"
-    vocab_chunk: int = 32768
+    vocab_chunk: int = 8192
     blowup_loss: float = 1e4  # a finite loss above this also marks the run as diverged
     blowup_edit_norm: float = 1e6  # so does a steering vector whose |alpha * v| exceeds this (feature blow-up)
 
@@ -56,7 +56,7 @@ class StepConfig:
 
 
 def response_logprobs(model: Decoder, steering: Steering, params: SteeringParams, data: StepData,
-                      vocab_chunk: int = 32768) -> jax.Array:
+                      vocab_chunk: int = 8192) -> jax.Array:
     """Steered log-probs [B, R] of the response tokens, from the cached prefix when `data.prefix` is given."""
     hook = make_hook(steering, params, steering.masks(data.prompt_mask, data.valid))
     positions = positions_from_valid(data.valid)
@@ -76,7 +76,7 @@ def prefix_residuals(model: Decoder, steering: Steering, tokens, valid) -> jax.A
     return hidden
 
 
-def reference_logprob_sums(model: Decoder, data: StepData, vocab_chunk: int = 32768) -> jax.Array:
+def reference_logprob_sums(model: Decoder, data: StepData, vocab_chunk: int = 8192) -> jax.Array:
     """Summed response log-probs [B] under the unsteered model (SimPO's p_ref)."""
     hidden, _, _ = model.run_blocks(model.embed(data.tokens), positions_from_valid(data.valid), data.valid)
     logprobs = token_logprobs(model, hidden, data.target_index, data.target_ids, vocab_chunk)
