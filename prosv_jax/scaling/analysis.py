@@ -1,0 +1,465 @@
+"""Analysis of a width sweep's tidy table: optimal learning rates, their width exponents with intervals, the
+stability edge, heatmaps, and the baselines (method.md section 2 predicts eta_alpha ~ n^+1/2, eta_v ~ n^-1/2).
+
+The score of a run is its final metric (default: eval KL to the teacher, lower is better); a diverged run scores
+at least the unsteered model's KL (it did no better than no steering). Scores are averaged over seeds in log10.
+
+Optimum of a 1-D learning-rate sweep: the best grid point, refined by the vertex of the parabola through it and
+its two neighbours in log-lr (kept within those neighbours); at a grid end it is the end point, flagged
+`at_edge` (the true optimum may lie outside the grid). Exponent: OLS of log10(lr*) on log10(n) with a t-interval,
+and a bootstrap over seeds (resample seeds with replacement within each width, refit) for a percentile interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["bootstrap_exponent", "exponent_table", "fit_power", "make_figures", "optimal_lrs", "optimum_1d",
+           "plot_baselines", "plot_exponents", "plot_heatmaps", "plot_lr_curves", "plot_transfer", "score",
+           "stability_edge", "synthetic_table", "transfer_table"]
+
+SYMBOL = {"factor_lr": "eta_alpha", "direction_lr": "eta_v"}
+
+
+# --- scores and optima ---------------------------------------------------------------------------------------
+
+def score(table, metric: str = "eval_kl", fail_column: str | None = "eval_plain_kl") -> np.ndarray:
+    """The metric per row; diverged rows (or non-finite ones) score at least `fail_column` (no steering)."""
+    value = table[metric].to_numpy(np.float64).copy()
+    diverged = table["diverged"].to_numpy(bool) if "diverged" in table else np.zeros(len(value), bool)
+    if fail_column is not None and fail_column in table:
+        fail = table[fail_column].to_numpy(np.float64)
+        bad = diverged | ~np.isfinite(value)
+        value[bad] = np.fmax(np.where(np.isfinite(value[bad]), value[bad], -np.inf), fail[bad])
+    return value
+
+
+def _log_scores(table, metric: str) -> np.ndarray:
+    return np.log10(np.maximum(score(table, metric), 1e-12))
+
+
+def optimum_1d(lrs: Sequence[float], values: Sequence[float], method: str = "parabola", tol: float = 0.1
+               ) -> tuple[float, bool]:
+    """(lr*, at_edge) minimising `values` (e.g. mean log10 scores) over a grid of learning rates.
+
+    method "parabola": the vertex of the parabola in log10 lr through the best grid point and its neighbours.
+    method "plateau": the log-midpoint of the contiguous run of grid points within `tol` of the best (robust
+    when the optimum is a flat plateau, whose midpoint moves with both of its ends).
+    """
+    lrs, values = np.asarray(lrs, np.float64), np.asarray(values, np.float64)
+    order = np.argsort(lrs)
+    lrs, values = lrs[order], values[order]
+    ok = np.isfinite(values)
+    if not ok.any():
+        return float("nan"), True
+    i = int(np.nanargmin(np.where(ok, values, np.inf)))
+    last = len(lrs) - 1
+    if method == "plateau":
+        near = ok & (values <= values[i] + tol)
+        lo, hi = i, i
+        while lo > 0 and near[lo - 1]:
+            lo -= 1
+        while hi < last and near[hi + 1]:
+            hi += 1
+        return float(np.sqrt(lrs[lo] * lrs[hi])), lo == 0 or hi == last
+    if method != "parabola":
+        raise ValueError(f"method must be 'parabola' or 'plateau', got {method!r}")
+    if i == 0 or i == last or not (ok[i - 1] and ok[i + 1]):
+        return float(lrs[i]), i == 0 or i == last
+    x = np.log10(lrs[i - 1:i + 2])
+    a, b, _ = np.polyfit(x, values[i - 1:i + 2], 2)
+    vertex = -b / (2 * a) if a > 0 else x[1]
+    return float(10 ** np.clip(vertex, x[0], x[2])), False
+
+
+def optimal_lrs(table, lr_col: str, metric: str = "eval_kl", by: Sequence[str] = ("width",),
+                method: str = "parabola"):
+    """Per group of `by` (e.g. width): lr*, whether it sits at the grid's edge, and the best mean log10 score."""
+    import pandas as pd
+
+    data = table.assign(_log=_log_scores(table, metric))
+    rows = []
+    for key, part in data.groupby(list(by), sort=True):
+        means = part.groupby(lr_col)["_log"].mean()
+        lr_opt, edge = optimum_1d(means.index.to_numpy(), means.to_numpy(), method)
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key)), "lr_opt": lr_opt, "at_edge": edge, "best_log10": float(means.min()),
+                     "n_seeds": int(part["seed"].nunique()) if "seed" in part else 1})
+    return pd.DataFrame(rows)
+
+
+def fit_power(widths: Sequence[float], lrs: Sequence[float], level: float = 0.95) -> dict:
+    """OLS log10(lr) = a + k log10(n): k, its standard error and a t-interval (nan interval with 2 points)."""
+    from scipy import stats
+
+    x, y = np.log10(np.asarray(widths, np.float64)), np.log10(np.asarray(lrs, np.float64))
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 2:
+        return {"slope": float("nan"), "intercept": float("nan"), "se": float("nan"), "ci": [float("nan")] * 2,
+                "points": int(len(x))}
+    k, a = np.polyfit(x, y, 1)
+    dof = len(x) - 2
+    if dof > 0:
+        resid = y - (a + k * x)
+        se = math.sqrt(resid @ resid / dof / ((x - x.mean()) @ (x - x.mean())))
+        t = stats.t.ppf(0.5 + level / 2, dof)
+        ci = [k - t * se, k + t * se]
+    else:
+        se, ci = float("nan"), [float("nan"), float("nan")]
+    return {"slope": float(k), "intercept": float(a), "se": float(se), "ci": [float(c) for c in ci],
+            "points": int(len(x))}
+
+
+def bootstrap_exponent(table, lr_col: str, metric: str = "eval_kl", n_boot: int = 1000, seed: int = 0,
+                       level: float = 0.95, method: str = "parabola") -> dict:
+    """Percentile interval of the fitted exponent when the seeds of each width are resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    data = table.assign(_log=_log_scores(table, metric))
+    # width -> (lrs [L], per-seed log scores [S, L])
+    cells = {}
+    for width, part in data.groupby("width"):
+        pivot = part.pivot_table(index="seed", columns=lr_col, values="_log", aggfunc="mean")
+        cells[width] = (pivot.columns.to_numpy(np.float64), pivot.to_numpy(np.float64))
+    widths = sorted(cells)
+    slopes = []
+    for _ in range(n_boot):
+        opts = []
+        for w in widths:
+            lrs, per_seed = cells[w]
+            pick = rng.integers(0, per_seed.shape[0], per_seed.shape[0])
+            opts.append(optimum_1d(lrs, np.nanmean(per_seed[pick], axis=0), method)[0])
+        slopes.append(fit_power(widths, opts)["slope"])
+    slopes = np.asarray(slopes)
+    tail = (1 - level) / 2 * 100
+    return {"ci": [float(np.nanpercentile(slopes, tail)), float(np.nanpercentile(slopes, 100 - tail))],
+            "median": float(np.nanmedian(slopes)), "n_boot": n_boot,
+            "seeds_per_width": int(min(cells[w][1].shape[0] for w in widths))}
+
+
+def stability_edge(table, lr_col: str, by: Sequence[str] = ("width",)):
+    """Per group: the largest lr below the smallest lr at which some seed diverged (`censored`: none diverged,
+    the edge lies beyond the grid and the value is the grid's largest lr)."""
+    import pandas as pd
+
+    rows = []
+    for key, part in table.groupby(list(by), sort=True):
+        failed = part.groupby(lr_col)["diverged"].any().sort_index()
+        lrs = failed.index.to_numpy(np.float64)
+        first = np.flatnonzero(failed.to_numpy())
+        key = key if isinstance(key, tuple) else (key,)
+        if first.size == 0:
+            rows.append({**dict(zip(by, key)), "edge": float(lrs[-1]), "first_fail": float("nan"), "censored": True})
+        else:
+            j = first[0]
+            rows.append({**dict(zip(by, key)), "edge": float(lrs[j - 1]) if j > 0 else float("nan"),
+                         "first_fail": float(lrs[j]), "censored": False})
+    return pd.DataFrame(rows)
+
+
+def _select(table, **equal):
+    mask = np.ones(len(table), bool)
+    for column, value in equal.items():
+        mask &= np.isclose(table[column].to_numpy(np.float64), value) if isinstance(value, float) else (
+            table[column].to_numpy() == value)
+    return table[mask]
+
+
+def exponent_table(table, metric: str = "eval_kl", n_boot: int = 1000) -> list[dict]:
+    """Fitted width exponents of the optimal learning rates, with intervals, against the predictions:
+    eta_alpha* (arm alpha_lr, per beta; +1/2), eta_v* (arm v_lr, per c; -1/2) and, for the fixed-factor baseline
+    (alpha = 1, v only: dz = eta_v per coordinate), eta_v* (arm fixed_alpha, per alpha_0; 0)."""
+    out = []
+    studies = [("alpha_lr", "factor_lr", "beta", 0.5), ("v_lr", "direction_lr", "c", -0.5),
+               ("fixed_alpha", "direction_lr", "alpha0", 0.0)]
+    for arm, lr_col, other, predicted in studies:
+        part = table[table["arm"] == arm]
+        for value in sorted(part[other].unique()) if len(part) else []:
+            sub = _select(part, **{other: float(value)})
+            opt = optimal_lrs(sub, lr_col, metric)
+            fit = fit_power(opt["width"], opt["lr_opt"])
+            boot = bootstrap_exponent(sub, lr_col, metric, n_boot=n_boot)
+            plateau = optimal_lrs(sub, lr_col, metric, method="plateau")
+            plateau_fit = fit_power(plateau["width"], plateau["lr_opt"])
+            plateau_boot = bootstrap_exponent(sub, lr_col, metric, n_boot=n_boot, method="plateau")
+            edge = stability_edge(sub, lr_col)
+            edge_fit = fit_power(edge["width"][~edge["censored"]], edge["edge"][~edge["censored"]])
+            inside = lambda ci: bool(ci[0] <= predicted <= ci[1])  # noqa: E731
+            out.append({
+                "arm": arm, "lr": SYMBOL[lr_col], "fixed": f"{other}={value:g}", "predicted": predicted,
+                "optima_at_grid_edge": {int(w): bool(e) for w, e in zip(opt["width"], opt["at_edge"])},
+                "slope": fit["slope"], "ols_se": fit["se"], "ols_ci95": fit["ci"], "boot_ci95": boot["ci"],
+                "seeds_per_width": boot["seeds_per_width"], "prediction_in_ols_ci": inside(fit["ci"]),
+                "prediction_in_boot_ci": inside(boot["ci"]), "any_optimum_at_grid_edge": bool(opt["at_edge"].any()),
+                "optima": {int(w): float(lr) for w, lr in zip(opt["width"], opt["lr_opt"])},
+                "stability_edge": {int(w): (None if c else float(e)) for w, e, c in
+                                   zip(edge["width"], edge["edge"], edge["censored"])},
+                "plateau_slope": plateau_fit["slope"], "plateau_ols_ci95": plateau_fit["ci"],
+                "plateau_boot_ci95": plateau_boot["ci"],
+                "plateau_optima": {int(w): float(lr) for w, lr in zip(plateau["width"], plateau["lr_opt"])},
+                "stability_edge_slope": edge_fit["slope"], "stability_edge_ci95": edge_fit["ci"],
+            })
+    return out
+
+
+# --- synthetic results (for tests and for checking the pipeline) ----------------------------------------------
+
+def synthetic_table(widths: Iterable[int] = (64, 128, 256, 512), exponent: float = 0.5, constant: float = 0.2,
+                    lr_col: str = "factor_lr", lrs: Sequence[float] | None = None, seeds: int = 4,
+                    curvature: float = 1.0, noise: float = 0.05, floor: float = 0.02, seed: int = 0):
+    """A tidy table where the optimal lr is constant * n^exponent: log10(metric) = log10(floor) +
+    curvature * (log10 lr - log10 lr*)^2 + N(0, noise^2) per run; nothing diverges."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    lrs = np.logspace(-2, 3, 16) if lrs is None else np.asarray(lrs, np.float64)
+    rows = []
+    for n in widths:
+        best = constant * n ** exponent
+        for s in range(seeds):
+            for lr in lrs:
+                log_metric = math.log10(floor) + curvature * (math.log10(lr) - math.log10(best)) ** 2
+                rows.append({"width": n, lr_col: float(lr), "seed": s, "diverged": False, "eval_plain_kl": np.inf,
+                             "eval_kl": 10 ** (log_metric + noise * rng.standard_normal())})
+    return pd.DataFrame(rows)
+
+
+# --- figures ----------------------------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_heatmaps(table, path: str, arm: str = "alpha_lr", x: str = "factor_lr", y: str = "beta",
+                  metric: str = "eval_kl") -> None:
+    """One panel per width: mean log10 score over (y, x); x marks cells where a seed diverged, a star the best."""
+    plt = _pyplot()
+    part = table[table["arm"] == arm]
+    part = part.assign(_log=_log_scores(part, metric))
+    widths = sorted(part["width"].unique())
+    fig, axes = plt.subplots(1, len(widths), figsize=(3.6 * len(widths), 3.3), squeeze=False)
+    for ax, width in zip(axes[0], widths):
+        sub = part[part["width"] == width]
+        grid = sub.pivot_table(index=y, columns=x, values="_log", aggfunc="mean").sort_index()
+        div = sub.pivot_table(index=y, columns=x, values="diverged", aggfunc="max").reindex_like(grid)
+        values = grid.to_numpy()
+        best = np.nanmin(values)
+        # Colour: log10 score; per width, from its best cell to best + 1.5 (a 30x worse score).
+        image = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis_r", vmin=best, vmax=best + 1.5)
+        fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
+        ax.set_xticks(range(grid.shape[1]), [f"{v:.3g}" for v in grid.columns], rotation=90, fontsize=7)
+        ax.set_yticks(range(grid.shape[0]), [f"{v:.3g}" for v in grid.index], fontsize=7)
+        for (i, j), bad in np.ndenumerate(div.to_numpy().astype(bool)):
+            if bad:
+                ax.text(j, i, "x", ha="center", va="center", color="red", fontsize=9)
+        bi, bj = np.unravel_index(np.nanargmin(grid.to_numpy()), grid.shape)
+        ax.plot(bj, bi, marker="*", color="white", markersize=12, markeredgecolor="black")
+        ax.set_title(f"n = {width}", fontsize=9)
+        ax.set_xlabel("eta_alpha" if x == "factor_lr" else x, fontsize=8)
+    axes[0][0].set_ylabel(y)
+    fig.suptitle(f"log10 {metric} (mean over seeds) over {y} x eta_alpha per width; x: a seed diverged; star: best",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+LR_PANELS = (("alpha_lr", "factor_lr", "beta", 1.0), ("alpha_lr", "factor_lr", "beta", 4.0),
+             ("v_lr", "direction_lr", "c", 1.0))
+
+
+def plot_lr_curves(table, path: str, metric: str = "eval_kl", panels=LR_PANELS) -> None:
+    """Score vs one learning rate per width (panels: (arm, lr column, fixed column, its value)); the band spans
+    the seeds, dotted lines mark the fitted optima."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, (arm, lr_col, column, value) in zip(axes[0], panels):
+        part = table[table["arm"] == arm]
+        if not len(part):
+            continue
+        part = _select(part, **{column: float(value)})
+        part = part.assign(_log=_log_scores(part, metric))
+        opt = optimal_lrs(part, lr_col, metric).set_index("width")
+        colors = plt.cm.viridis(np.linspace(0, 0.9, part["width"].nunique()))
+        for color, (width, sub) in zip(colors, part.groupby("width")):
+            means = sub.groupby(lr_col)["_log"].agg(["mean", "min", "max"])
+            ax.plot(means.index, means["mean"], "-o", color=color, ms=3, label=f"n={width}")
+            ax.fill_between(means.index, means["min"], means["max"], color=color, alpha=0.15)
+            ax.axvline(opt.loc[width, "lr_opt"], color=color, ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel(SYMBOL[lr_col])
+        ax.set_ylabel(f"log10 {metric}")
+        ax.set_title(f"{SYMBOL[lr_col]} sweep ({arm}, {column}={value:g}); dotted: optimum", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_exponents(exponents: list[dict], path: str) -> None:
+    """log-log optimal lr (and stability edge) vs width, with the fitted and the predicted slopes."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, name in zip(axes, ("eta_alpha", "eta_v")):
+        rows = [e for e in exponents if e["lr"] == name]
+        drawn = set()
+        for row in rows:
+            widths = np.asarray(sorted(row["optima"]), np.float64)
+            opt = np.asarray([row["optima"][w] for w in sorted(row["optima"])])
+            line, = ax.plot(widths, opt, "o", label=f"{row['arm']} optimum, {row['fixed']}: slope "
+                            f"{row['slope']:+.2f} [{row['boot_ci95'][0]:+.2f}, {row['boot_ci95'][1]:+.2f}]")
+            fit = 10 ** (np.log10(opt).mean() + row["slope"] * (np.log10(widths) - np.log10(widths).mean()))
+            ax.plot(widths, fit, "-", color=line.get_color(), lw=1)
+            edges = [(w, e) for w, e in row["stability_edge"].items() if e is not None]
+            if edges and name == "eta_alpha":
+                ax.plot([w for w, _ in edges], [e for _, e in edges], "v", color=line.get_color(), alpha=0.5,
+                        label=f"stability edge, {row['fixed']}")
+            if row["predicted"] not in drawn:
+                drawn.add(row["predicted"])
+                pred = 10 ** (np.log10(opt).mean() + row["predicted"] * (np.log10(widths) - np.log10(widths).mean()))
+                ax.plot(widths, pred, "--", color=line.get_color(), lw=1,
+                        label=f"predicted slope {row['predicted']:+.1f} ({row['arm']})")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("width n")
+        ax.set_ylabel(f"optimal {name}")
+        ax.legend(fontsize=6.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def baseline_table(table, metric: str = "eval_kl"):
+    """Per (arm, width): the best mean-over-seeds score over the arm's grid, and that point's cos(alpha v, z*)."""
+    import pandas as pd
+
+    keys = ["beta", "factor_lr", "c", "direction_lr"]
+    data = table.assign(_log=_log_scores(table, metric))
+    rows = []
+    for (arm, width), part in data.groupby(["arm", "width"]):
+        cells = part.groupby(keys).agg(log=("_log", "mean"), cos=("cos_edit", "mean"),
+                                       diverged=("diverged", "mean")).reset_index()
+        best = cells.loc[cells["log"].idxmin()]
+        rows.append({"arm": arm, "width": int(width), "best_log10": float(best["log"]), "cos_edit": float(best["cos"]),
+                     **{k: float(best[k]) for k in keys}, "diverged_share": float(part["diverged"].mean())})
+    return pd.DataFrame(rows)
+
+
+def plot_baselines(table, path: str, metric: str = "eval_kl") -> None:
+    """Best achievable score and cos(alpha v, alpha* v*) per arm vs width: the recipe against its baselines."""
+    plt = _pyplot()
+    base = baseline_table(table, metric)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for arm, part in base.groupby("arm"):
+        part = part.sort_values("width")
+        axes[0].plot(part["width"], 10 ** part["best_log10"], "-o", label=arm)
+        axes[1].plot(part["width"], part["cos_edit"], "-o", label=arm)
+    if "eval_plain_kl" in table:
+        plain = table.groupby("width")["eval_plain_kl"].first()
+        axes[0].plot(plain.index, plain.to_numpy(), "k:", label="no steering")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel(f"best {metric} over the arm's grid")
+    axes[1].set_ylabel("cos(alpha v, alpha* v*) at that point")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("width n")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+HYPER = ("beta", "factor_lr", "c", "direction_lr")
+TRANSFERS = (  # (label, arm, {lr column: width exponent applied when transferring from the smallest width})
+    ("adam, eta_v scaled n^-1/2 (recipe)", "v_lr", {"direction_lr": -0.5}),
+    ("adam, eta_v kept fixed", "v_lr", {}),
+    ("adam, eta_alpha scaled n^+1/2 (recipe)", "alpha_lr", {"factor_lr": 0.5}),
+    ("adam, eta_alpha kept fixed", "alpha_lr", {}),
+    ("alpha fixed to 1, eta_v kept fixed", "fixed_alpha", {}),
+    ("sgd, learning rates kept fixed", "sgd", {}),
+)
+
+
+def transfer_table(table, metric: str = "eval_kl", transfers=TRANSFERS):
+    """Tune at the smallest width, transfer to the others: the best grid cell of an arm at the smallest width,
+    its learning rates scaled by (n / n_min)^exponent (snapped to the nearest grid value in log) at width n.
+    `regret_log10` = log10 score there minus the width's best log10 score in that arm (0 = transfer is optimal).
+    Note: an arm's grid may already scale one rate with width (alpha_lr scales eta_v, v_lr scales eta_alpha)."""
+    import pandas as pd
+
+    rows = []
+    data = table.assign(_log=_log_scores(table, metric))
+    for label, arm, scaling in transfers:
+        part = data[data["arm"] == arm]
+        if not len(part):
+            continue
+        cells = part.groupby(["width", *HYPER])["_log"].mean().reset_index()
+        widths = sorted(cells["width"].unique())
+        small = cells[cells["width"] == widths[0]]
+        tuned = small.loc[small["_log"].idxmin()]
+        for width in widths:
+            here = cells[cells["width"] == width]
+            pick = np.ones(len(here), bool)
+            for column in HYPER:
+                target = float(tuned[column]) * (width / widths[0]) ** scaling.get(column, 0.0)
+                distance = np.abs(np.log(here[column].to_numpy(np.float64)) - np.log(target))
+                pick &= distance <= distance.min() + 1e-9
+            value = float(here[pick]["_log"].mean())
+            rows.append({"transfer": label, "arm": arm, "width": int(width), "log10": value,
+                         "regret_log10": value - float(here["_log"].min()),
+                         **{c: float(here[pick][c].iloc[0]) for c in HYPER}})
+    return pd.DataFrame(rows)
+
+
+def plot_transfer(table, path: str, metric: str = "eval_kl") -> None:
+    """Tuned at the smallest width and transferred: the score's excess over each width's best, per recipe."""
+    plt = _pyplot()
+    data = transfer_table(table, metric)
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for label, part in data.groupby("transfer", sort=False):
+        part = part.sort_values("width")
+        ax.plot(part["width"], 10 ** part["regret_log10"], marker="o", ms=4, label=label,
+                ls="-" if "recipe" in label else "--")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
+    ax.set_xlabel("width n")
+    ax.set_ylabel(f"{metric} / best {metric} at that width")
+    ax.set_title("tuned at the smallest width, transferred to larger widths", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def make_figures(csv_path: str, out_dir: str, metric: str = "eval_kl", n_boot: int = 1000) -> dict:
+    """Every figure and summary.json from a sweep's results.csv; returns the summary."""
+    import pandas as pd
+
+    table = pd.read_csv(csv_path)
+    os.makedirs(out_dir, exist_ok=True)
+    exponents = exponent_table(table, metric, n_boot=n_boot)
+    plot_heatmaps(table, os.path.join(out_dir, "heatmaps_beta_x_eta_alpha.png"), metric=metric)
+    plot_lr_curves(table, os.path.join(out_dir, "lr_sweeps.png"), metric=metric)
+    plot_exponents(exponents, os.path.join(out_dir, "exponents.png"))
+    plot_baselines(table, os.path.join(out_dir, "baselines.png"), metric=metric)
+    plot_transfer(table, os.path.join(out_dir, "transfer.png"), metric=metric)
+    summary = {"metric": metric, "runs": int(len(table)), "widths": sorted(int(w) for w in table["width"].unique()),
+               "exponents": exponents, "baselines": baseline_table(table, metric).to_dict(orient="records"),
+               "transfer": transfer_table(table, metric).to_dict(orient="records")}
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary

@@ -1,0 +1,163 @@
+"""Scaling studies: a planted SV is recovered (and not by a broken recipe), the analysis recovers a known exponent,
+a sweep resumes without redoing finished groups, and the SGD option of the optimiser."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prosv_jax.scaling import analysis
+from prosv_jax.scaling.planted import make_planted_task, random_llama, run_metrics, train_students
+from prosv_jax.scaling.sweep import Arm, Family, SweepSpec, TaskSpec, run_sweep
+from prosv_jax.training import trainer as trainer_lib
+from prosv_jax.training.optim import OptimConfig, make_optimizer, scale_by_group_lr
+from prosv_jax.training.trainer import RunSpec, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def task():
+    model = random_llama(64, depth=2, vocab=256, seed=0, logit_scale=2.0)
+    return make_planted_task(model, layer=0, positions="all", strength=1.0, n_train=192, n_eval=32, prompt_len=4,
+                             response_len=8, seed=0)
+
+
+def test_the_planted_teacher_changes_the_model_and_sets_a_loss_floor(task):
+    stats = task.stats
+    assert stats["teacher_plain_kl"] > 0.5  # the planted edit moves the next-token distributions a lot ...
+    assert stats["teacher_vs_plain_token_diff"] > 0.5  # ... and the sampled text
+    assert stats["teacher_entropy"] < stats["plain_nll"] - 0.5 < stats["log_vocab"]
+    assert task.floor == stats["teacher_entropy"]
+
+
+def test_a_planted_sv_is_recovered_at_a_sane_setting_and_not_at_a_broken_one(task, tmp_path):
+    train = TrainConfig(epochs=3, batch_size=8, runs_per_program=1, progress=False)
+    sane = RunSpec("sane", seed=0, init=(("beta", 1.0), ("c", 1.0)), lrs=(("factor", 3.0), ("direction", 0.1)))
+    summaries = train_students(task, [sane], str(tmp_path / "sane"), train=train)
+    good = run_metrics(task, str(tmp_path / "sane"), summaries, ["sane"], runs_per_program=1, window=8)["sane"]
+    # alpha fixed to 1 (beta = 1/sqrt(n)), v only, at a tiny learning rate.
+    broken = RunSpec("broken", seed=0, init=(("beta", 1 / math.sqrt(task.width)), ("c", 1.0)),
+                     lrs=(("direction", 1e-4),))
+    summaries = train_students(task, [broken], str(tmp_path / "broken"), train=train,
+                               kind_fields={"train_factor": False})
+    bad = run_metrics(task, str(tmp_path / "broken"), summaries, ["broken"], runs_per_program=1, window=8)["broken"]
+
+    plain_excess = task.stats["plain_nll"] - task.floor
+    assert good["cos_edit"] > 0.8 and good["cos_v"] > 0.8  # 0.90-0.92 over seeds; a random v gives ~0
+    assert 0.5 < good["edit_norm"] / good["edit_norm_star"] < 1.5
+    assert good["final_loss_smooth"] - task.floor < 0.15 * plain_excess  # near the teacher's entropy
+    assert good["eval_kl"] < 0.15 * task.stats["eval_plain_kl"]
+    assert good["steps_to_threshold"] is not None and not good["diverged"]
+    assert abs(bad["cos_edit"]) < 0.4 and bad["alpha"] == pytest.approx(1.0)
+    assert bad["final_loss_smooth"] - task.floor > 0.7 * plain_excess
+    assert bad["eval_kl"] > 0.7 * task.stats["eval_plain_kl"] and bad["steps_to_threshold"] is None
+
+
+def test_a_prompt_only_teacher_changes_the_answers_too(task):
+    prosv = make_planted_task(task.model, layer=0, positions="f2+l2", strength=4.0, n_train=32, n_eval=16,
+                              prompt_len=4, response_len=8, seed=1)
+    assert prosv.stats["teacher_plain_kl"] > 0.05 and prosv.stats["teacher_vs_plain_token_diff"] > 0.3
+
+
+# --- analysis ------------------------------------------------------------------------------------------------
+
+def test_the_optimum_of_a_parabola_is_its_vertex_and_a_grid_end_is_flagged():
+    lrs = np.logspace(-2, 2, 9)
+    values = (np.log10(lrs) - np.log10(0.7)) ** 2
+    lr, edge = analysis.optimum_1d(lrs, values)
+    assert lr == pytest.approx(0.7, rel=1e-6) and not edge
+    lr, edge = analysis.optimum_1d(lrs, -np.log10(lrs))
+    assert lr == pytest.approx(100.0) and edge
+    plateau = np.where((lrs >= 0.1) & (lrs <= 10), 0.0, 1.0)  # flat from 0.1 to 10: midpoint 1
+    assert analysis.optimum_1d(lrs, plateau, "plateau") == (pytest.approx(1.0), False)
+
+
+@pytest.mark.parametrize("exponent", [0.5, -0.5])
+def test_the_analysis_recovers_a_known_exponent_from_synthetic_results(exponent):
+    table = analysis.synthetic_table(widths=(64, 128, 256, 512, 1024), exponent=exponent, constant=0.5, seeds=4,
+                                     noise=0.05, seed=3)
+    opt = analysis.optimal_lrs(table, "factor_lr")
+    fit = analysis.fit_power(opt["width"], opt["lr_opt"])
+    boot = analysis.bootstrap_exponent(table, "factor_lr", n_boot=200)
+    assert fit["ci"][0] <= exponent <= fit["ci"][1] and abs(fit["slope"] - exponent) < 0.1
+    assert boot["ci"][0] <= exponent <= boot["ci"][1] and boot["ci"][1] - boot["ci"][0] < 0.3
+    assert not opt["at_edge"].any()
+    # A shifted truth is excluded: the interval is informative, not just wide.
+    assert not fit["ci"][0] <= exponent + 0.5 <= fit["ci"][1]
+
+
+def test_the_stability_edge_is_the_largest_lr_below_the_first_divergence():
+    table = analysis.synthetic_table(widths=(64, 256), seeds=2, lrs=[1, 10, 100, 1000])
+    table["diverged"] = (table["factor_lr"] >= np.where(table["width"] == 64, 100, 1e9)) | (
+        (table["factor_lr"] == 1000) & (table["seed"] == 1))
+    edge = analysis.stability_edge(table, "factor_lr").set_index("width")
+    assert edge.loc[64, "edge"] == 10 and edge.loc[64, "first_fail"] == 100 and not edge.loc[64, "censored"]
+    assert edge.loc[256, "edge"] == 100 and not edge.loc[256, "censored"]
+
+
+# --- the sweep resumes ---------------------------------------------------------------------------------------
+
+def tiny_spec(seeds=(0, 1)) -> SweepSpec:
+    return SweepSpec(widths=(32,), arms=(Arm("alpha_lr", factor_lrs=(1.0, 10.0), direction_lrs=(0.05,), seeds=seeds),),
+                     family=Family(depth=2, vocab=64, layer=0), runs_per_program=2,
+                     task=TaskSpec(prompt_len=3, response_len=4, n_train=16, n_eval=8), epochs=1, batch_size=8)
+
+
+def test_a_sweep_resumes_after_a_kill_without_redoing_finished_groups(tmp_path, monkeypatch):
+    built = []
+    original = trainer_lib.GroupData.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_lib.GroupData, "__init__", counting)
+    out = str(tmp_path / "sweep")
+    first, info = run_sweep(tiny_spec(), out, log=lambda m: None)
+    assert len(first) == 4 and info["groups_total"] == 2 and info["groups_trained"] == 2 and len(built) == 2
+    for column in ("width", "beta", "factor_lr", "c", "direction_lr", "seed", "eval_kl", "cos_edit", "final_loss",
+                   "best_loss", "diverged", "curve", "edit_norm", "steps_to_threshold"):
+        assert column in first.columns
+    assert os.path.isfile(os.path.join(out, first["curve"][0]))
+
+    again, info = run_sweep(tiny_spec(), out, log=lambda m: None)  # everything finished: nothing trains
+    assert info["groups_trained"] == 0 and len(built) == 2
+    assert again.equals(first)
+
+    # A kill inside the second group, before its first checkpoint: no done.json, no checkpoint.
+    group0 = os.path.join(out, "n32", "alpha_lr", "groups", "group-0000", "metrics.jsonl")
+    before = os.stat(group0).st_mtime_ns
+    group1 = os.path.join(out, "n32", "alpha_lr", "groups", "group-0001")
+    os.remove(os.path.join(group1, "done.json"))
+    shutil.rmtree(os.path.join(group1, "checkpoints"))
+    resumed, info = run_sweep(tiny_spec(), out, log=lambda m: None)
+    assert info["groups_trained"] == 1 and len(built) == 3
+    assert os.stat(group0).st_mtime_ns == before
+    np.testing.assert_allclose(resumed["eval_kl"], first["eval_kl"], rtol=1e-5)
+
+    with pytest.raises(ValueError, match="another spec"):  # a changed grid would be matched to the wrong groups
+        run_sweep(tiny_spec(seeds=(0, 1, 2)), out, log=lambda m: None)
+
+
+# --- the SGD baseline's optimiser -------------------------------------------------------------------------------
+
+def test_sgd_is_plain_gradient_descent_with_the_recipe_s_clipping_and_schedule():
+    assert OptimConfig().optimizer == "adam"
+    with pytest.raises(ValueError, match="optimizer"):
+        OptimConfig(optimizer="lion")
+    labels = {"s": {"alpha": "factor", "v": "direction"}}
+    params = {"s": {"alpha": jnp.asarray(2.0), "v": jnp.ones(4)}}
+    grads = {"s": {"alpha": jnp.asarray(3.0), "v": jnp.full(4, 2.0)}}  # |grad v| = 4 > clip 1
+    tx = make_optimizer(OptimConfig(optimizer="sgd"), labels, total_steps=4)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    lrs = {"factor": jnp.asarray(0.1), "direction": jnp.asarray(0.5), "other": jnp.asarray(0.0)}
+    step = scale_by_group_lr(updates, labels, lrs)
+    assert float(step["s"]["alpha"]) == pytest.approx(-0.1 * 3.0)  # linear decay: fraction 1 at the first update
+    np.testing.assert_allclose(np.asarray(step["s"]["v"]), -0.5 * np.full(4, 0.5), rtol=1e-6)  # clipped to norm 1
+    adam = make_optimizer(OptimConfig(), labels, total_steps=4)
+    adam_updates, _ = adam.update(grads, adam.init(params), params)
+    assert float(adam_updates["s"]["alpha"]) == pytest.approx(1.0, rel=1e-4)  # Adam's first step: sign(g)
