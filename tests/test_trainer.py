@@ -124,6 +124,13 @@ def test_data_order_is_a_function_of_seed_and_step():
     assert not np.array_equal(batch_indices(7, 3, 10, 4)[0], first)  # a new permutation next epoch
 
 
+def test_a_changed_grid_is_not_served_finished_results_of_other_runs(model, tmp_path):
+    train(model, tmp_path, RUNS[:1], runs_per_program=1)
+    assert train(model, tmp_path, RUNS[:1], runs_per_program=1)["a"]["steps"] > 0  # a finished group is reused
+    with pytest.raises(ValueError, match="new out_dir"):
+        train(model, tmp_path, [RunSpec("other", seed=9)], runs_per_program=1)
+
+
 def test_bad_training_input_is_refused(model, tmp_path):
     with pytest.raises(ValueError, match="empty training set"):
         TrainDataset.from_examples([])

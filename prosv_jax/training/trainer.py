@@ -213,7 +213,11 @@ class Trainer:
         done_file = os.path.join(group_dir, "done.json")
         if os.path.isfile(done_file):
             with open(done_file) as f:
-                return json.load(f)
+                done = json.load(f)
+            if sorted(done) != sorted(r.name for r in group):
+                raise ValueError(f"{group_dir} holds finished runs {sorted(done)}, not this group's "
+                                 f"{sorted(r.name for r in group)}: use a new out_dir for a changed grid")
+            return done
         dataset_names = sorted({r.dataset for r in group})
         union, offsets = union_dataset([self.datasets[n] for n in dataset_names])
         offset = {n: o for n, o in zip(dataset_names, offsets)}
