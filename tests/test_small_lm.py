@@ -52,6 +52,7 @@ def test_loss_decreases_and_log(tiny_dir):
     assert abs(losses[0] - np.log(TINY["vocab_size"])) < 0.3  # starts near uniform
     assert losses[-1] < losses[0] - 0.7, losses
     assert log["settings"]["hidden_size"] == 64 and log["wall_seconds"] > 0
+    assert log["eval_conversations"] == 12 and np.isfinite(log["eval_loss"]) and log["eval_loss"] < losses[0]
     assert not [n for n in os.listdir(os.path.dirname(tiny_dir)) if ".tmp." in n]
 
 
