@@ -81,6 +81,16 @@ def add_timing_args(p: argparse.ArgumentParser) -> None:
                         "counts spinning threads, so use wall")
 
 
+def reexec_with_mimalloc(args, argv, script: str) -> None:
+    """With --mimalloc, restarts `script` with libmimalloc.so preloaded (once: a preloaded run just goes on)."""
+    if args.mimalloc and "mimalloc" not in allocator():
+        lib = find_mimalloc()
+        if lib is None:
+            sys.exit("libmimalloc.so not found: pip install cmeel-mimalloc, or set MIMALLOC_LIB")
+        os.execve(sys.executable, [sys.executable, os.path.abspath(script)] + (argv or sys.argv[1:]),
+                  dict(os.environ, LD_PRELOAD=lib))
+
+
 def pin_cores(args):
     """Applies --cores; returns the clock that --clock names."""
     if args.cores:
@@ -260,12 +270,7 @@ def measure(runners: dict, repeats: int, clock=time.perf_counter) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.mimalloc and "mimalloc" not in allocator():
-        lib = find_mimalloc()
-        if lib is None:
-            sys.exit("libmimalloc.so not found: pip install cmeel-mimalloc, or set MIMALLOC_LIB")
-        env = dict(os.environ, LD_PRELOAD=lib)
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + (argv or sys.argv[1:]), env)
+    reexec_with_mimalloc(args, argv, __file__)
 
     clock = pin_cores(args)
     threads = len(os.sched_getaffinity(0))

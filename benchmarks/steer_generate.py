@@ -21,7 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import add_model_args, add_timing_args, pin_cores, CpuMeter, build_checkpoint, machine  # noqa: E402
+from forward import CpuMeter, add_model_args, add_timing_args, build_checkpoint, machine, pin_cores  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -29,7 +29,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import add_model_args, add_timing_args, pin_cores, CpuMeter, allocator, build_checkpoint, find_mimalloc, machine  # noqa: E402
+from forward import (CpuMeter, add_model_args, add_timing_args, build_checkpoint, machine, pin_cores,  # noqa: E402
+                     reexec_with_mimalloc)
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -156,12 +157,7 @@ def timed(sides: dict, repeats: int, clock=time.perf_counter) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.mimalloc and "mimalloc" not in allocator():
-        lib = find_mimalloc()
-        if lib is None:
-            sys.exit("libmimalloc.so not found: pip install cmeel-mimalloc, or set MIMALLOC_LIB")
-        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__)] + (argv or sys.argv[1:]),
-                  dict(os.environ, LD_PRELOAD=lib))
+    reexec_with_mimalloc(args, argv, __file__)
     import jax.numpy as jnp
     import torch
     import transformers
