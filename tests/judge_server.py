@@ -159,6 +159,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
         body = json.dumps(payload).encode("utf-8")
+        self._leave()  # before the reply goes out: the client may send its next request as soon as it has it
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -175,11 +176,18 @@ class _Handler(BaseHTTPRequestHandler):
         with srv.lock:
             srv.in_flight += 1
             srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+        self._counted = True
         try:
             self._handle(srv)
         finally:
-            with srv.lock:
-                srv.in_flight -= 1
+            self._leave()
+
+    def _leave(self) -> None:
+        """Ends this request's in-flight count, once."""
+        if getattr(self, "_counted", False):
+            self._counted = False
+            with self.server_owner.lock:
+                self.server_owner.in_flight -= 1
 
     def _handle(self, srv: JudgeServer):
         length = int(self.headers.get("Content-Length") or 0)
