@@ -172,11 +172,6 @@ def test_gradients_match_torch_autograd(pair):
     mask = reference_mask(prompt, valid, "f2+l2")
     target = valid & ~prompt
 
-    def score(logits, xp):
-        logp = logits[:, :-1] - xp.logsumexp(logits[:, :-1], -1, keepdims=True) if xp is jnp else \
-            torch.log_softmax(logits[:, :-1], -1)
-        return logp, target[:, 1:]
-
     handle = torch_model.model.layers[1].register_forward_hook(
         lambda m, i, o: torch.where(torch.tensor(mask)[..., None], (o[0] if isinstance(o, tuple) else o)
                                     + alpha_t * v_t, o[0] if isinstance(o, tuple) else o))

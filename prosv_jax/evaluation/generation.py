@@ -37,21 +37,7 @@ class Answer:
 
 def per_row_factors(steering, params, factors: Sequence[float]):
     """Params whose steering-vector factors are one per row (alpha [B, 1, 1]); refuses steerings without one."""
-    import jax.numpy as jnp
-
-    from prosv_jax.interventions import SteeringVector
-
-    out, changed = dict(params), False
-    for site in steering.sites:
-        if isinstance(site.kind, SteeringVector):
-            alpha = params[site.name]["alpha"]
-            out[site.name] = {**params[site.name],
-                              "alpha": jnp.asarray(np.asarray(factors, np.float32), alpha.dtype)[:, None, None]}
-            changed = True
-    if not changed:
-        raise ValueError("this steering has no steering vector whose factor could be set (factor sweeps and "
-                         "factor scales need a steering vector)")
-    return out
+    return steering.with_factor(params, np.asarray(factors, np.float32)[:, None, None])
 
 
 def trained_factor(steering, params) -> float:

@@ -81,8 +81,11 @@ class Steering:
         """Masks for one decode step [B, 1]: only sites that steer generated tokens edit them."""
         return {s.name: jnp.full((batch, 1), s.positions.steers_decode) for s in self.sites}
 
-    def with_factor(self, params: SteeringParams, factor: float) -> SteeringParams:
-        """Params with every steering vector's alpha replaced by `factor` (fixed-factor use, factor sweeps)."""
+    def with_factor(self, params: SteeringParams, factor) -> SteeringParams:
+        """Params with every steering vector's alpha replaced by `factor` (fixed-factor use, factor sweeps).
+
+        `factor` is a scalar, or any array that broadcasts against the edit (e.g. [B, 1, 1]: one factor per row).
+        """
         out = dict(params)
         changed = False
         for site in self.sites:
