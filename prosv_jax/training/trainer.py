@@ -3,6 +3,14 @@
 Runs share the frozen model weights and one compiled step; each run has its own init, learning rates, data order
 and optimiser state. A group of runs is checkpointed together and resumes where it stopped; a diverged run is
 flagged and frozen while the others go on. Results per run: the saved steering, a JSONL of metrics, a summary.
+
+On a device mesh (`Trainer(..., mesh=make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))`) the frozen weights are
+placed by the sharding rules (FSDP / tensor parallel), the leading runs axis of the params, optimiser state and
+learning rates is split over the rules' `runs` axis ("data"; replicated when the group's run count does not divide
+it), each step's per-run batches over (runs, batch), and the cached prefix is stored with its hidden axis split like
+the weights' `embed` axis. With several processes (`prosv_jax.distributed`), process p trains the groups
+g with g % process_count == p into the shared `out_dir`, on a mesh of its own devices; once every process is done,
+process 0 writes the merged summary.json.
 """
 
 from __future__ import annotations
@@ -17,11 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from prosv_jax import distributed
 from prosv_jax.interventions.io import save_steering
 from prosv_jax.interventions.transform import Steering
 from prosv_jax.models.decoder import Decoder
+from prosv_jax.models.sharding import ShardingRules, batch_sharding, partition_spec, weight_sharding
 from prosv_jax.training.batch import TrainBatch
 from prosv_jax.training.checkpoint import RunCheckpoints
 from prosv_jax.training.data import TrainDataset, batch_indices, steps_per_epoch
@@ -81,26 +92,89 @@ def union_dataset(datasets: Sequence[TrainDataset]) -> tuple[TrainDataset, list[
     return TrainDataset(cat([d.positives for d in datasets]), negatives), offsets
 
 
+# --- placement on a mesh ------------------------------------------------------------------------------------------
+
+
+def _sharding(mesh: Mesh, *entries) -> NamedSharding:
+    """NamedSharding with trailing replicated dims dropped (P("data", None) -> P("data"), P(None) -> P()): the
+    form jit gives its outputs, so a state fed back in finds the program it came from."""
+    entries = list(entries)
+    while entries and entries[-1] is None:
+        entries.pop()
+    return NamedSharding(mesh, PartitionSpec(*entries))
+
+
+def runs_sharding(mesh: Mesh, rules: ShardingRules, shape) -> NamedSharding:
+    """A [K, ...] leaf of a group (params, optimiser state, learning rates, metrics): K over the runs axis."""
+    return _sharding(mesh, *partition_spec(("runs",), tuple(shape)[:1], mesh, rules))
+
+
+def step_data_sharding(mesh: Mesh, rules: ShardingRules, shape) -> NamedSharding:
+    """A [K, B, ...] leaf of a step's data: K over the runs axis, B over the batch axes left, the rest replicated."""
+    return _sharding(mesh, *partition_spec(("runs", "batch"), tuple(shape)[:2], mesh, rules))
+
+
+def prefix_cache_sharding(mesh: Mesh, rules: ShardingRules, shape) -> NamedSharding:
+    """The cached residuals [N, T, d]: rows replicated (any run may pick any row), d split like the weights'."""
+    return _sharding(mesh, None, None, *partition_spec(("embed",), tuple(shape)[2:], mesh, rules))
+
+
+def _constrain(tree, mesh: Mesh | None, rules: ShardingRules, sharding_of):
+    if mesh is None:
+        return tree
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding_of(mesh, rules, x.shape)), tree)
+
+
+def _check_local_mesh(mesh: Mesh) -> None:
+    foreign = [d for d in mesh.devices.flat if d.process_index != jax.process_index()]
+    if foreign:
+        raise ValueError(f"the mesh holds {len(foreign)} device(s) of other processes: each process trains its own "
+                         "groups on a mesh of its own devices (make_mesh(shape, jax.local_devices()))")
+
+
+def place_model(model: Decoder, mesh: Mesh, rules: ShardingRules) -> Decoder:
+    """The model with every weight placed by the rules on `mesh` (weights already in place are not moved)."""
+    graphdef, state = nnx.split(model)
+    flat = []
+    for path, variable in nnx.to_flat_state(state):
+        value = variable[...]
+        target = weight_sharding(path[-1], value.shape, mesh, rules)
+        if not (isinstance(value, jax.Array) and value.sharding.is_equivalent_to(target, value.ndim)):
+            value = jax.device_put(value, target)
+        flat.append((path, variable.replace(value)))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
 class GroupData:
-    """A group's union dataset with its cached prefix and reference log-probs; gathers per-run batches."""
+    """A group's union dataset with its cached prefix and reference log-probs; gathers per-run batches.
+
+    With a mesh, the rows and reference log-probs are replicated on it, the prefix cache is stored by
+    `prefix_cache_sharding`, and each gathered batch is laid out by `step_data_sharding`.
+    """
 
     def __init__(self, model: Decoder, steering: Steering, dataset: TrainDataset, config: TrainConfig,
-                 step_config: StepConfig):
+                 step_config: StepConfig, mesh: Mesh | None = None, rules: ShardingRules = ShardingRules()):
         self.paired = dataset.paired
+        self.mesh, self.rules = mesh, rules
+        place = (lambda a: jnp.asarray(a)) if mesh is None else (  # noqa: E731
+            lambda a: jax.device_put(a, _sharding(mesh)))
         rows = [dataset.positives] + ([dataset.negatives] if dataset.paired else [])
-        self.arrays = [TrainBatch(*(jnp.asarray(a) for a in r)) for r in rows]
+        self.arrays = [TrainBatch(*(place(a) for a in r)) for r in rows]
         self.prefix = None
-        self.reference = [jnp.zeros(len(dataset), jnp.float32) for _ in rows]
+        self.reference = [place(np.zeros(len(dataset), np.float32)) for _ in rows]
         if config.prefix_cache != "off":
             to_host = config.prefix_cache == "host"
             self.prefix = [self._map(model, functools.partial(_prefix, steering=steering), r, to_host)
                            for r in self.arrays]
+            if mesh is not None and not to_host:
+                self.prefix = [jax.device_put(p, prefix_cache_sharding(mesh, rules, p.shape)) for p in self.prefix]
         if step_config.objective == "simpo":
             self.reference = [self._map(model, functools.partial(_reference, chunk=step_config.vocab_chunk), r,
                                         False) for r in self.arrays]
+            if mesh is not None:
+                self.reference = [place(r) for r in self.reference]
 
-    @staticmethod
-    def _map(model, fn, rows: TrainBatch, to_host: bool, chunk: int = 16):
+    def _map(self, model, fn, rows: TrainBatch, to_host: bool, chunk: int = 16):
         """fn over the dataset in row chunks (bounded memory), concatenated on device or host."""
         graphdef, state = nnx.split(model)
         outputs = []
@@ -108,30 +182,42 @@ class GroupData:
         for start in range(0, total, chunk):
             # The last chunk is padded to full size (rows repeated), so one compiled program serves every chunk.
             take = np.minimum(np.arange(start, start + chunk), total - 1)
-            out = fn(graphdef, state, TrainBatch(*(a[take] for a in rows)))[:min(chunk, total - start)]
+            part = TrainBatch(*(a[take] for a in rows))
+            if self.mesh is not None:  # the chunk's rows split over the batch axes, like a training batch
+                part = TrainBatch(*(jax.device_put(a, batch_sharding(self.mesh, self.rules, a.ndim, chunk))
+                                    for a in part))
+            out = fn(graphdef, state, part)[:min(chunk, total - start)]
             outputs.append(np.asarray(out) if to_host else out)
         return np.concatenate(outputs) if to_host else jnp.concatenate(outputs)
 
     def gather(self, indices: np.ndarray, row_mask: np.ndarray) -> StepData:
         """StepData [K, B', ...] for per-run example indices [K, B] (B' = 2B with negatives)."""
+        on_host = self.prefix is not None and isinstance(self.prefix[0], np.ndarray)
         parts = []
         for i, rows in enumerate(self.arrays):
             prefix = None
             if self.prefix is not None:
-                source = self.prefix[i]
-                prefix = source[indices] if isinstance(source, np.ndarray) else jnp.take(source, indices, axis=0)
-            parts.append(_gather_rows(rows, self.reference[i], prefix, jnp.asarray(indices), jnp.asarray(row_mask)))
-        if len(parts) == 1:
-            return parts[0]
-        return jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), parts[0], parts[1])
+                prefix = self.prefix[i][indices] if on_host else self.prefix[i]
+                if on_host and self.mesh is not None:  # each device receives its own slice only
+                    prefix = jax.device_put(prefix, step_data_sharding(self.mesh, self.rules, prefix.shape))
+            parts.append((rows, self.reference[i], prefix))
+        return _gather_rows(tuple(parts), jnp.asarray(indices), jnp.asarray(row_mask), prefix_gathered=on_host,
+                            mesh=self.mesh, rules=self.rules)
 
 
-@jax.jit
-def _gather_rows(rows: TrainBatch, reference, prefix, indices, row_mask) -> StepData:
+@functools.partial(jax.jit, static_argnames=("prefix_gathered", "mesh", "rules"))
+def _gather_rows(parts, indices, row_mask, *, prefix_gathered: bool, mesh: Mesh | None,
+                 rules: ShardingRules) -> StepData:
     take = lambda a: jnp.take(a, indices, axis=0)  # noqa: E731  [N, ...] -> [K, B, ...]
-    return StepData(take(rows.tokens), take(rows.valid), take(rows.prompt_mask), take(rows.target_index),
-                    take(rows.target_ids), take(rows.target_mask) & row_mask[..., None], take(reference),
-                    prefix)
+    out = []
+    for rows, reference, prefix in parts:
+        if prefix is not None and not prefix_gathered:
+            prefix = take(prefix)
+        out.append(StepData(take(rows.tokens), take(rows.valid), take(rows.prompt_mask), take(rows.target_index),
+                            take(rows.target_ids), take(rows.target_mask) & row_mask[..., None], take(reference),
+                            prefix))
+    data = out[0] if len(out) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *out)
+    return _constrain(data, mesh, rules, step_data_sharding)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "steering"))
@@ -147,12 +233,20 @@ def _reference(graphdef, state, rows: TrainBatch, *, chunk):
 
 
 class Trainer:
-    """Trains lists of runs of one steering spec on named datasets; writes everything under `out_dir`."""
+    """Trains lists of runs of one steering spec on named datasets; writes everything under `out_dir`.
+
+    `mesh`: a mesh of this process's devices with axes among "data", "fsdp", "tensor" (see
+    `prosv_jax.models.sharding`); None = one device. `rules` maps the logical axes onto it.
+    """
 
     def __init__(self, model: Decoder, steering: Steering, datasets: dict[str, TrainDataset], out_dir: str,
                  optim: OptimConfig = OptimConfig(), step_config: StepConfig = StepConfig(),
-                 config: TrainConfig = TrainConfig(), metadata: dict | None = None):
+                 config: TrainConfig = TrainConfig(), metadata: dict | None = None, *, mesh: Mesh | None = None,
+                 rules: ShardingRules = ShardingRules()):
         steering.validate(model.cfg)
+        if mesh is not None:
+            _check_local_mesh(mesh)
+            model = place_model(model, mesh, rules)
         for name, dataset in datasets.items():
             if step_config.objective == "simpo" and not dataset.paired:
                 raise ValueError(f"dataset {name!r} has no negatives: the SimPO objective needs a concept-free "
@@ -162,6 +256,9 @@ class Trainer:
         self.out_dir = out_dir
         self.metadata = metadata or {}
         self.param_dtype = jnp.dtype(config.param_dtype)
+        self.mesh, self.rules = mesh, rules
+        self.process_index, self.process_count = jax.process_index(), jax.process_count()
+        self.trained_groups: list[int] = []  # the groups this process trained (or found done) in the last train()
         os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
 
     # --- set-up of one group of runs ------------------------------------------------------------------------
@@ -193,24 +290,42 @@ class Trainer:
     # --- training ---------------------------------------------------------------------------------------------
 
     def train(self, runs: Sequence[RunSpec]) -> dict[str, dict]:
-        """Trains every run (resuming finished work); returns {run name: summary}."""
+        """Trains every run (resuming finished work); returns {run name: summary}.
+
+        With several processes, each trains its share of the groups (round-robin by process index); every process
+        waits for all of them, then returns the summaries of the whole grid, and process 0 writes summary.json.
+        """
         names = [r.name for r in runs]
         if len(set(names)) != len(names):
             raise ValueError(f"run names must be unique, got {names}")
         missing = sorted({r.dataset for r in runs} - set(self.datasets))
         if missing:
             raise ValueError(f"runs name unknown dataset(s) {missing}; known: {sorted(self.datasets)}")
+        per = self.config.runs_per_program
+        groups = [list(runs[start:start + per]) for start in range(0, len(runs), per)]
+        self.trained_groups = [i for i in range(len(groups)) if i % self.process_count == self.process_index]
         summaries = {}
-        for start in range(0, len(runs), self.config.runs_per_program):
-            group = list(runs[start:start + self.config.runs_per_program])
-            summaries.update(self._train_group(group, start // self.config.runs_per_program))
-        with open(os.path.join(self.out_dir, "summary.json"), "w") as f:
-            json.dump(summaries, f, indent=2, sort_keys=True)
+        for index in self.trained_groups:
+            summaries.update(self._train_group(groups[index], index))
+        if self.process_count > 1:
+            distributed.barrier("prosv-jax-train-groups-done")
+            summaries = {}
+            for index in range(len(groups)):
+                with open(self._done_file(index)) as f:
+                    summaries.update(json.load(f))
+        if self.process_index == 0:
+            path = os.path.join(self.out_dir, "summary.json")
+            with open(path + ".tmp", "w") as f:
+                json.dump(summaries, f, indent=2, sort_keys=True)
+            os.replace(path + ".tmp", path)
         return summaries
 
+    def _done_file(self, index: int) -> str:
+        return os.path.join(self.out_dir, "groups", f"group-{index:04d}", "done.json")
+
     def _train_group(self, group: list[RunSpec], index: int) -> dict[str, dict]:
-        group_dir = os.path.join(self.out_dir, "groups", f"group-{index:04d}")
-        done_file = os.path.join(group_dir, "done.json")
+        done_file = self._done_file(index)
+        group_dir = os.path.dirname(done_file)
         if os.path.isfile(done_file):
             with open(done_file) as f:
                 done = json.load(f)
@@ -229,14 +344,18 @@ class Trainer:
         updates_total = -(-total // self.optim.grad_accum)
         graphdef, model_state = nnx.split(self.model)
         tx, run_step = group_program(graphdef, self.model.cfg, self.steering, self.step_config, self.optim,
-                                     updates_total)
+                                     updates_total, self.mesh, self.rules)
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
         state = TrainState(stacked, jax.vmap(tx.init)(stacked), jnp.zeros(len(group), jnp.int32),
                            jnp.ones(len(group), bool))
         lrs = {g: jnp.asarray([self._learning_rates(r)[g] for r in group], jnp.float32)
                for g in ("factor", "direction", "other")}
         # Committed like the step's outputs, so the first step and the later ones share one compiled program.
-        state, lrs = jax.device_put((state, lrs), jax.devices()[0])
+        if self.mesh is None:
+            state, lrs = jax.device_put((state, lrs), jax.local_devices()[0])
+        else:
+            state, lrs = jax.tree.map(lambda x: jax.device_put(x, runs_sharding(self.mesh, self.rules, x.shape)),
+                                      (state, lrs))
         checkpoints = RunCheckpoints(os.path.join(group_dir, "checkpoints"))
         metrics_path = os.path.join(group_dir, "metrics.jsonl")
         first_step = 0
@@ -245,7 +364,7 @@ class Trainer:
             first_step = int(checkpoints.latest_step())
         _truncate_metrics(metrics_path, first_step)
 
-        data = GroupData(self.model, self.steering, union, self.config, self.step_config)
+        data = GroupData(self.model, self.steering, union, self.config, self.step_config, self.mesh, self.rules)
         meta = {"runs": [dataclasses.asdict(r) for r in group], **self.metadata}
         bar = tqdm(range(first_step, total), desc=f"group {index}", disable=not self.config.progress,
                    initial=first_step, total=total)
@@ -267,8 +386,9 @@ class Trainer:
         checkpoints.save(total, state, meta)
         checkpoints.close()
         summaries = self._finish(group, state, metrics_path)
-        with open(done_file, "w") as f:
+        with open(done_file + ".tmp", "w") as f:  # atomic: another process may read it as soon as it exists
             json.dump(summaries, f, indent=2, sort_keys=True)
+        os.replace(done_file + ".tmp", done_file)
         return summaries
 
     def _finish(self, group: list[RunSpec], state: TrainState, metrics_path: str) -> dict[str, dict]:
@@ -296,11 +416,12 @@ class Trainer:
 
 @functools.lru_cache(maxsize=16)
 def group_program(graphdef, model_cfg, steering: Steering, step_config: StepConfig, optim: OptimConfig,
-                  updates_total: int):
+                  updates_total: int, mesh: Mesh | None = None, rules: ShardingRules = ShardingRules()):
     """(optimizer, jit(vmap(step))) for a group of runs; cached, so every group of a grid shares one program.
 
     The learning rates and the init are data, so runs that differ only in them compile once. The train
-    state's buffers are donated.
+    state's buffers are donated. On a mesh, the new state leaves the step laid out by `runs_sharding`, as it came
+    in, so the next step reuses the program.
     """
     labels = param_labels(steering, jax.eval_shape(lambda: steering.init_params(jax.random.key(0), model_cfg)))
     tx = make_optimizer(optim, labels, updates_total)
@@ -309,7 +430,8 @@ def group_program(graphdef, model_cfg, steering: Steering, step_config: StepConf
 
     def group_step(model_state, state, lrs, data):
         model = nnx.merge(graphdef, model_state)
-        return jax.vmap(step_fn, in_axes=(None, 0, 0, 0))(model, state, lrs, data)
+        state, metrics = jax.vmap(step_fn, in_axes=(None, 0, 0, 0))(model, state, lrs, data)
+        return _constrain(state, mesh, rules, runs_sharding), _constrain(metrics, mesh, rules, runs_sharding)
 
     return tx, jax.jit(group_step, donate_argnums=(1,))
 
