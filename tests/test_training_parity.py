@@ -353,3 +353,31 @@ def test_frozen_prefix_gives_the_same_loss_and_gradients(pair):
             g, gc = np.asarray(grads[site][name]), np.asarray(grads_c[site][name])
             assert np.abs(g).max() > 1e-4
             np.testing.assert_allclose(gc, g, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("cap", [None, 3.0])
+@pytest.mark.parametrize("vocab_chunk", [10, 1000])  # 97 is prime: chunk 10 pads the head, 1000 takes it whole
+def test_fused_head_value_and_gradient_equal_full_logits(tied, cap, vocab_chunk):
+    """The chunked head's custom VJP (gradient accumulated in the forward pass) vs autodiff of full logits."""
+    from prosv_jax.training.losses import _HeadLayout, _head_logprobs
+
+    V, d, N = 97, 16, 11
+    keys = jax.random.split(jax.random.key(3), 3)
+    h = jax.random.normal(keys[0], (N, d), jnp.float32)
+    head = jax.random.normal(keys[1], (V, d) if tied else (d, V), jnp.float32)
+    targets = jax.random.randint(keys[2], (N,), 0, V)
+    weights = jnp.linspace(0.5, 1.5, N)  # a cotangent that differs per token
+
+    def full(h):
+        logits = h @ (head.T if tied else head)  # [N, V]
+        if cap is not None:
+            logits = jnp.tanh(logits / cap) * cap
+        logp = jax.nn.log_softmax(logits, -1)
+        return (jnp.take_along_axis(logp, targets[:, None], -1)[:, 0] * weights).sum()
+
+    layout = _HeadLayout(tied, V, vocab_chunk, cap)
+    fused = lambda h: (_head_logprobs(layout, h, head, targets) * weights).sum()  # noqa: E731
+    assert layout.num_chunks * layout.chunk >= V
+    np.testing.assert_allclose(fused(h), full(h), rtol=1e-5)
+    np.testing.assert_allclose(jax.grad(fused)(h), jax.grad(full)(h), rtol=1e-4, atol=1e-5)

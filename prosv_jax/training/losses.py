@@ -6,6 +6,9 @@ Log-probabilities are computed at the response positions only, with the LM head 
 
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -19,40 +22,115 @@ def token_logprobs(model: Decoder, hidden: jax.Array, target_index: jax.Array, t
     """log p(target_ids) [B, R] from residuals hidden [B, T, d] at positions target_index [B, R]."""
     h = jnp.take_along_axis(hidden, target_index[..., None], axis=1)  # [B, R, d]
     h = model.final_norm(h)
+    B, R, d = h.shape
     tied = model.cfg.tie_word_embeddings
     head = model.embedding[...] if tied else model.lm_head[...]  # [V, d] tied, [d, V] untied (never transposed)
-    vocab_axis = 0 if tied else 1
-    V = head.shape[vocab_axis]
-    chunk = min(vocab_chunk, V)
-    num_chunks = -(-V // chunk)
-    if num_chunks * chunk != V:
-        pad = [(0, 0), (0, 0)]
-        pad[vocab_axis] = (0, num_chunks * chunk - V)
-        head = jnp.pad(head, pad)
-    equation = "brd,cd->brc" if tied else "brd,dc->brc"
-    cap = model.cfg.final_softcap
+    layout = _HeadLayout(tied, head.shape[0 if tied else 1], vocab_chunk, model.cfg.final_softcap)
+    logprobs = _head_logprobs(layout, h.reshape(B * R, d), head, target_ids.reshape(B * R))  # [B*R]
+    return logprobs.reshape(B, R)
 
-    def chunk_stats(carry, start):
-        running_max, running_sum, target_logit = carry
-        weights = jax.lax.dynamic_slice_in_dim(head, start, chunk, axis=vocab_axis)  # [C, d] or [d, C]
-        logits = jnp.einsum(equation, h, weights, preferred_element_type=F32)  # [B, R, C]
-        if cap is not None:
-            logits = jnp.tanh(logits / cap) * cap
-        ids = start + jnp.arange(chunk)
-        logits = jnp.where(ids < V, logits, -jnp.inf)  # padding rows of the last chunk
+
+class _HeadLayout(NamedTuple):
+    """Static description of the LM head: tied ([V, d]) or not ([d, V]), vocabulary size, chunking, soft-cap."""
+
+    tied: bool
+    vocab: int
+    vocab_chunk: int
+    cap: float | None
+
+    @property
+    def chunk(self) -> int:
+        """The chunk width: a divisor of V near vocab_chunk when there is one (no padded copy of the head)."""
+        want = -(-self.vocab // min(self.vocab_chunk, self.vocab))
+        for count in range(want, want + 8):
+            if self.vocab % count == 0:
+                return self.vocab // count
+        return min(self.vocab_chunk, self.vocab)
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.vocab // self.chunk)
+
+
+def _chunk_logits(layout: _HeadLayout, h, head, start):
+    """Soft-capped logits [N, C] of h [N, d] for vocabulary ids start..start+C-1 (padding ids: -inf), the chunk's
+    weights ([C, d] tied, [d, C] untied) and the cap's derivative [N, C] (ones without a cap)."""
+    axis = 0 if layout.tied else 1
+    weights = jax.lax.dynamic_slice_in_dim(head, start, layout.chunk, axis=axis)
+    logits = jnp.einsum("nd,cd->nc" if layout.tied else "nd,dc->nc", h, weights, preferred_element_type=F32)
+    slope = jnp.ones_like(logits)
+    if layout.cap is not None:
+        squashed = jnp.tanh(logits / layout.cap)
+        logits, slope = squashed * layout.cap, 1.0 - squashed * squashed
+    ids = start + jnp.arange(layout.chunk)
+    return jnp.where(ids < layout.vocab, logits, -jnp.inf), weights, slope
+
+
+def _padded(layout: _HeadLayout, head):
+    """The head padded to num_chunks * chunk vocabulary entries (a no-op when the chunk divides V)."""
+    extra = layout.num_chunks * layout.chunk - layout.vocab
+    if not extra:
+        return head
+    return jnp.pad(head, [(0, extra), (0, 0)] if layout.tied else [(0, 0), (0, extra)])
+
+
+def _logprob_stats(layout: _HeadLayout, h, head, target_ids, with_grad: bool):
+    """One pass over the vocabulary chunks: running max, running sum of exp, target logit and, with_grad, the
+    running sum of exp(logit) * cap'(logit) * W [N, d] (all rescaled to the running max, as in online softmax)."""
+    head = _padded(layout, head)
+    N, d = h.shape
+
+    def step(carry, start):
+        running_max, running_sum, target_logit, target_slope, weighted = carry
+        logits, weights, slope = _chunk_logits(layout, h, head, start)  # [N, C]
         new_max = jnp.maximum(running_max, logits.max(-1))
-        running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.exp(logits - new_max[..., None]).sum(-1)
-        in_chunk = (target_ids >= start) & (target_ids < start + chunk)
-        picked = jnp.take_along_axis(logits, jnp.clip(target_ids - start, 0, chunk - 1)[..., None], -1)[..., 0]
-        return (new_max, running_sum, jnp.where(in_chunk, picked, target_logit)), None
+        rescale = jnp.exp(running_max - new_max)
+        probs = jnp.exp(logits - new_max[:, None])  # [N, C], unnormalised
+        running_sum = running_sum * rescale + probs.sum(-1)
+        in_chunk = (target_ids >= start) & (target_ids < start + layout.chunk)
+        local = jnp.clip(target_ids - start, 0, layout.chunk - 1)[:, None]
+        target_logit = jnp.where(in_chunk, jnp.take_along_axis(logits, local, -1)[:, 0], target_logit)
+        if with_grad:
+            target_slope = jnp.where(in_chunk, jnp.take_along_axis(slope, local, -1)[:, 0], target_slope)
+            mixed = (probs * slope).astype(weights.dtype)  # [N, C]
+            weighted = weighted * rescale[:, None] + jnp.einsum(
+                "nc,cd->nd" if layout.tied else "nc,dc->nd", mixed, weights, preferred_element_type=F32)
+        return (new_max, running_sum, target_logit, target_slope, weighted), None
 
-    shape = target_ids.shape
-    init = (jnp.full(shape, -jnp.inf, F32), jnp.zeros(shape, F32), jnp.zeros(shape, F32))
-    # Rematerialised: the backward pass recomputes each chunk's logits instead of keeping all of them, so memory
-    # holds one [B, R, chunk] block at a time (a vmapped grid of runs multiplies B).
-    (running_max, running_sum, target_logit), _ = jax.lax.scan(
-        jax.checkpoint(chunk_stats), init, jnp.arange(num_chunks) * chunk)
-    return target_logit - (running_max + jnp.log(running_sum))
+    init = (jnp.full((N,), -jnp.inf, F32), jnp.zeros((N,), F32), jnp.zeros((N,), F32), jnp.ones((N,), F32),
+            jnp.zeros((N, d) if with_grad else (N, 0), F32))
+    starts = jnp.arange(layout.num_chunks) * layout.chunk
+    (running_max, running_sum, target_logit, target_slope, weighted), _ = jax.lax.scan(step, init, starts)
+    return target_logit - (running_max + jnp.log(running_sum)), running_sum, target_slope, weighted
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _head_logprobs(layout: _HeadLayout, h, head, target_ids):
+    """log p(target) [N] of normed residuals h [N, d] under the LM head, in vocabulary chunks.
+
+    Differentiated, it costs two head matmuls instead of three (forward, recompute, backward) and keeps no logits:
+    the forward pass also accumulates d logp / d h = cap'(z_y) W_y - sum_v p_v cap'(z_v) W_v online. The head's
+    weights get no gradient (they are frozen)."""
+    return _logprob_stats(layout, h, head, target_ids, with_grad=False)[0]
+
+
+def _head_logprobs_fwd(layout, h, head, target_ids):
+    logprobs, running_sum, target_slope, weighted = _logprob_stats(layout, h, head, target_ids, with_grad=True)
+    if layout.tied:
+        target_weights = jnp.take(head, target_ids, axis=0)  # [N, d]
+    else:
+        target_weights = jnp.take(head, target_ids, axis=1).T  # [d, N] -> [N, d]
+    grad_h = target_slope[:, None] * target_weights.astype(F32) - weighted / running_sum[:, None]  # [N, d]
+    return logprobs, (grad_h, jnp.zeros((0,), h.dtype))  # the empty array carries h's dtype
+
+
+def _head_logprobs_bwd(layout, residuals, cotangent):
+    grad_h, h_dtype_carrier = residuals
+    d_h = (cotangent[:, None] * grad_h).astype(h_dtype_carrier.dtype)  # [N, d]
+    return d_h, None, None
+
+
+_head_logprobs.defvjp(_head_logprobs_fwd, _head_logprobs_bwd)
 
 
 def lang_loss(logprobs: jax.Array, mask: jax.Array) -> jax.Array:
