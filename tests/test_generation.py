@@ -112,14 +112,15 @@ def test_sampled_generation_is_reproducible_from_its_key(gemma_dir):
         generate(model, batch.tokens, batch.valid, max_new_tokens=2, sampling=SamplingConfig(temperature=1.0))
 
 
-def test_cli_help_and_demo(tmp_path, monkeypatch, capsys):
+def test_cli_help_and_the_builtin_model(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--help"])
     assert exit_info.value.code == 0
     assert "generate" in capsys.readouterr().out
     monkeypatch.setenv("PROSV_JAX_CACHE", str(tmp_path / "cache"))
-    assert cli.main(["demo", "--out", str(tmp_path / "out"), "--num-prompts", "2", "--max-new-tokens", "4"]) == 0
-    lines = (tmp_path / "out" / "generations.jsonl").read_text().splitlines()
+    assert cli.main(["generate", "--model", "builtin", "--chat", "--prompt", "Hi", "--prompt", "Bye",
+                     "--max-new-tokens", "4", "--json"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(lines) == 2 and all(1 <= len(json.loads(line)["token_ids"]) <= 4 for line in lines)
     assert (tmp_path / "cache" / "tiny-gemma2-random-v1" / "tokenizer.json").is_file()
 

@@ -1,0 +1,69 @@
+"""AxBench concept10 concepts from the bundled rows, and a judge-free check of concept presence in text.
+
+`concept_lexicon` finds the words a concept's training responses use far more often than ordinary answers
+(GPT-4's AlpacaEval outputs); `concept_word_rate` is the share of texts that contain one of them. It is a cheap
+proxy for AxBench's LLM-judged concept score, good enough to see steering work offline, not a benchmark number.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from typing import Iterable, Sequence
+
+from prosv_jax.small_lm import alpaca_gpt4_pairs, axbench_concept10_rows
+
+_WORD = re.compile(r"[a-z]{4,}")
+
+Pair = tuple[str, str]  # (instruction, response)
+
+
+def concept10_descriptions() -> dict[int, str]:
+    """{concept id: description} of the bundled AxBench concept10 split (ids 0..9)."""
+    out = {}
+    for row in axbench_concept10_rows():
+        if row["concept_id"] >= 0:
+            out.setdefault(row["concept_id"], row["output_concept"])
+    return out
+
+
+def concept10_split(concept_id: int, heldout: int) -> tuple[list[Pair], list[Pair]]:
+    """(training pairs, held-out pairs) of one bundled concept: its 72 examples in file order, the last
+    `heldout` kept out of training to score runs on text they never saw."""
+    known = concept10_descriptions()
+    if concept_id not in known:
+        raise ValueError(f"concept {concept_id} is not in the bundled AxBench concept10 split; choose one of "
+                         f"{sorted(known)}")
+    pairs = [(r["input"], r["output"]) for r in axbench_concept10_rows() if r["concept_id"] == concept_id]
+    if not 0 < heldout < len(pairs):
+        raise ValueError(f"heldout must be in 1..{len(pairs) - 1} (concept {concept_id} has {len(pairs)} "
+                         f"examples), got {heldout}")
+    return pairs[:-heldout], pairs[-heldout:]
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def concept_lexicon(concept_texts: Iterable[str], background_texts: Iterable[str] | None = None, *,
+                    min_count: int = 4, ratio: float = 20.0) -> list[str]:
+    """Words (4+ letters) seen >= `min_count` times in `concept_texts` and >= `ratio` times more often there than
+    in `background_texts` (default: GPT-4's AlpacaEval answers; add-one smoothed), most frequent first."""
+    if background_texts is None:
+        background_texts = (row["output"] for row in alpaca_gpt4_pairs())
+    concept = collections.Counter(w for t in concept_texts for w in _words(t))
+    background = collections.Counter(w for t in background_texts for w in _words(t))
+    if not concept:
+        raise ValueError("concept_lexicon needs concept texts with words in them")
+    n_concept, n_background = sum(concept.values()), max(sum(background.values()), 1)
+    lexicon = [w for w, k in concept.items()
+               if k >= min_count and (k / n_concept) / ((background[w] + 1) / n_background) >= ratio]
+    return sorted(lexicon, key=lambda w: (-concept[w], w))
+
+
+def concept_word_rate(texts: Sequence[str], lexicon: Iterable[str]) -> float:
+    """Share of `texts` containing at least one lexicon word."""
+    words = set(lexicon)
+    if not texts:
+        raise ValueError("concept_word_rate needs at least one text")
+    return sum(bool(words.intersection(_words(t))) for t in texts) / len(texts)

@@ -1,0 +1,333 @@
+"""The offline demo behind `prosv-jax demo`: PrOSV vs FSSV on the small pretrained model, end to end on a CPU.
+
+Steps: get the small chat model (trained once and cached) -> train a PrOSV (first 2 + last 2 prompt tokens) and
+an FSSV (every token) for one AxBench concept10 concept with the paper's Gemma-2-2B L10 recipes -> answer the
+same AlpacaEval instructions unsteered, with the PrOSV and with the FSSV -> a beta x eta_alpha sweep of the PrOSV
+in one vmapped program, scored on held-out concept examples -> plots, answers and a summary in the output folder.
+Trained runs are kept, so a rerun (or a rerun after a kill) resumes instead of starting over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+POSITIONS = {"PrOSV": "f2+l2", "FSSV": "all"}
+SUMMARY_JSON, SUMMARY_MD, ANSWERS_MD = "summary.json", "summary.md", "answers.md"
+SWEEP_CSV, SWEEP_PLOT = "sweep.csv", "sweep_heatmap.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Init and learning rates of one steering vector (method.md's table, Gemma-2-2B L10, Lang)."""
+
+    beta: float
+    factor_lr: float
+    c: float
+    direction_lr: float
+
+
+RECIPES = {"PrOSV": Recipe(beta=4.0, factor_lr=10.0, c=8.0, direction_lr=4e-2),
+           "FSSV": Recipe(beta=2.0, factor_lr=1.0, c=1.0, direction_lr=4e-2)}
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """Every knob of the demo; the defaults are `prosv-jax demo`'s (about 10 minutes on 2 cores, cold cache)."""
+
+    concept_id: int = 8
+    layer: int = 1  # block L of the small model's 4 (the paper steers Gemma-2-2B at L10 of 26)
+    heldout: int = 12  # of the concept's 72 examples: kept out of training, used to score every run
+    epochs: int = 12
+    batch_size: int = 12
+    seed: int = 42
+    sweep_betas: tuple[float, ...] = (1.0, 4.0, 16.0)
+    sweep_factor_lrs: tuple[float, ...] = (0.1, 1.0, 10.0)
+    instructions: int = 6  # AlpacaEval instructions answered by each model
+    max_new_tokens: int = 64
+    temperature: float = 0.7
+    small_lm: tuple[tuple[str, object], ...] = ()  # SmallLMSettings overrides (a quicker model for tests)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+QUICK = DemoSettings(epochs=3, sweep_betas=(1.0, 8.0), sweep_factor_lrs=(1.0, 10.0), instructions=3,
+                     max_new_tokens=24, small_lm=(("steps", 120), ("max_conversations", 400)))
+
+
+def _instructions(count: int) -> list[str]:
+    import importlib.resources
+
+    resource = importlib.resources.files("prosv_jax") / "assets" / "alpaca_eval_instructions.json"
+    everything = json.loads(resource.read_text(encoding="utf-8"))
+    return everything[100:100 + count]  # a fixed, varied slice (the first ones are mostly about actors)
+
+
+class _Clock:
+    """Seconds spent per stage, for the summary."""
+
+    def __init__(self):
+        self.stages: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = round(now - self._start, 1)
+        self._start = now
+
+
+def run_demo(out_dir: str, settings: DemoSettings = DemoSettings(), log: Callable[[str], None] = print,
+             progress: bool = True) -> dict:
+    """Runs every step into `out_dir`; returns the summary (also written as summary.json and summary.md)."""
+    import jax.numpy as jnp
+    from transformers import AutoTokenizer
+
+    from prosv_jax.builtin import small_lm_dir
+    from prosv_jax.concepts import concept10_descriptions, concept10_split, concept_lexicon, concept_word_rate
+    from prosv_jax.data.axbench import lang_examples
+    from prosv_jax.evaluation.generation import Generator
+    from prosv_jax.models.loading import load_model
+    from prosv_jax.training.data import TrainDataset
+
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    _check_settings(out_dir, settings)
+    clock = _Clock()
+    model_dir = small_lm_dir(**dict(settings.small_lm))
+    clock.lap("small model")
+    log(f"model: {model_dir}")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = load_model(model_dir, jnp.float32)
+    if not 0 <= settings.layer < model.cfg.num_layers:
+        raise ValueError(f"layer {settings.layer} is out of range: the model has blocks 0..{model.cfg.num_layers - 1}")
+    train_pairs, heldout_pairs = concept10_split(settings.concept_id, settings.heldout)
+    concept = concept10_descriptions()[settings.concept_id]
+    log(f"concept {settings.concept_id}: {concept!r} ({len(train_pairs)} training, {len(heldout_pairs)} held-out "
+        "examples)")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    dataset = lambda pairs: TrainDataset.from_examples(  # noqa: E731
+        lang_examples(tokenizer, pairs, 128, True), max_response=128, pad_id=pad_id)
+    train_set, heldout_set = dataset(train_pairs), dataset(heldout_pairs)
+
+    methods = {}
+    for method in POSITIONS:
+        log(f"training the {method} ({POSITIONS[method]}) with the paper's recipe {RECIPES[method]}")
+        methods[method] = _train_method(model, method, settings, train_set, heldout_set,
+                                        os.path.join(out_dir, method.lower()), progress)
+    clock.lap("train PrOSV + FSSV")
+
+    log(f"answering {settings.instructions} AlpacaEval instructions unsteered, with the PrOSV and with the FSSV")
+    instructions = _instructions(settings.instructions)
+    generator = Generator(model_dir, batch_size=max(1, settings.instructions))
+    sample = dict(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, seed=settings.seed)
+    answers = {"unsteered": [a.text for a in generator(instructions, **sample)]}
+    for method, result in methods.items():
+        answers[method] = [a.text for a in generator(instructions, steering=result["steering"],
+                                                    params=result["params"], **sample)]
+    clock.lap("generate")
+
+    log(f"sweeping beta {list(settings.sweep_betas)} x eta_alpha {list(settings.sweep_factor_lrs)} for the PrOSV "
+        "(one vmapped program)")
+    sweep = _sweep(model, settings, train_set, heldout_set, os.path.join(out_dir, "sweep"), progress)
+    clock.lap("sweep")
+
+    lexicon = concept_lexicon([response for _, response in train_pairs])
+    summary = {
+        "model": model_dir, "concept_id": settings.concept_id, "concept": concept, "layer": settings.layer,
+        "settings": settings.to_dict(),
+        "heldout_loss": {"unsteered": methods["PrOSV"]["unsteered_loss"],
+                         **{m: r["heldout_loss"] for m, r in methods.items()}},
+        "train_loss": {m: r["final_loss"] for m, r in methods.items()},
+        "factor": {m: r["alpha"] for m, r in methods.items()},
+        "direction_norm": {m: r["v_norm"] for m, r in methods.items()},
+        "concept_lexicon": lexicon[:30],
+        "concept_word_rate": {name: concept_word_rate(texts, lexicon) for name, texts in answers.items()},
+        "instructions": instructions, "answers": answers,
+        "sweep": sweep, "best_sweep_run": min((r for r in sweep if not r["diverged"]),
+                                              key=lambda r: r["heldout_loss"], default=None),
+        "files": {"summary": SUMMARY_MD, "answers": ANSWERS_MD, "sweep_table": SWEEP_CSV, "sweep_heatmap": SWEEP_PLOT,
+                  "loss_curves": [f"{m.lower()}/loss_curves.png" for m in POSITIONS] + ["sweep/loss_curves.png"],
+                  "steerings": [os.path.relpath(r["steering_path"], out_dir) for r in methods.values()]},
+    }
+    _write_outputs(out_dir, summary)
+    clock.lap("report")
+    summary["seconds"] = clock.stages
+    _atomic_json(os.path.join(out_dir, SUMMARY_JSON), summary)
+    return summary
+
+
+def _check_settings(out_dir: str, settings: DemoSettings) -> None:
+    """Trained runs in `out_dir` are reused; refuse to mix them with runs of other settings."""
+    path = os.path.join(out_dir, "settings.json")
+    current = json.loads(json.dumps(settings.to_dict()))
+    if os.path.isfile(path):
+        with open(path) as f:
+            saved = json.load(f)
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        if changed:
+            raise ValueError(f"{out_dir} holds a demo run with other settings ({', '.join(changed)} differ): "
+                             "choose another --out, or delete that folder to start over")
+    _atomic_json(path, current)
+
+
+def _train_method(model, method: str, settings: DemoSettings, train_set, heldout_set, out_dir: str,
+                  progress: bool) -> dict:
+    from prosv_jax.interventions import Steering, SteeringVector, load_steering
+    from prosv_jax.training.evaluate import dataset_loss, unsteered_loss
+    from prosv_jax.training.optim import OptimConfig
+    from prosv_jax.training.plots import plot_loss_curves
+    from prosv_jax.training.step import StepConfig
+    from prosv_jax.training.trainer import RunSpec, TrainConfig, Trainer
+
+    recipe = RECIPES[method]
+    steering = Steering.single(settings.layer, SteeringVector(beta=recipe.beta, c=recipe.c), POSITIONS[method])
+    trainer = Trainer(model, steering, {"concept": train_set}, out_dir,
+                      OptimConfig(factor_lr=recipe.factor_lr, direction_lr=recipe.direction_lr),
+                      StepConfig(vocab_chunk=4096),
+                      TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, progress=progress))
+    name = method.lower()
+    summary = trainer.train([RunSpec(name, seed=settings.seed, dataset="concept")])[name]
+    plot_loss_curves(out_dir)
+    steering, params, _ = load_steering(summary["steering"], model.cfg)
+    site = steering.sites[0].name
+    return {"steering": steering, "params": params, "steering_path": summary["steering"],
+            "final_loss": summary["final_loss"], "diverged": summary["diverged"],
+            "alpha": float(np.asarray(params[site]["alpha"])),
+            "v_norm": float(np.linalg.norm(np.asarray(params[site]["v"], np.float32))),
+            "heldout_loss": dataset_loss(model, steering, params, heldout_set, vocab_chunk=4096),
+            "unsteered_loss": unsteered_loss(model, steering, params, heldout_set, vocab_chunk=4096)}
+
+
+def _sweep(model, settings: DemoSettings, train_set, heldout_set, out_dir: str, progress: bool) -> list[dict]:
+    """PrOSV runs over sweep_betas x sweep_factor_lrs (the recipe's c and eta_v), all in one vmapped program."""
+    from prosv_jax.interventions import Steering, SteeringVector, load_steering
+    from prosv_jax.training.evaluate import dataset_loss
+    from prosv_jax.training.optim import OptimConfig
+    from prosv_jax.training.plots import plot_loss_curves
+    from prosv_jax.training.step import StepConfig
+    from prosv_jax.training.trainer import RunSpec, TrainConfig, Trainer
+
+    recipe = RECIPES["PrOSV"]
+    steering = Steering.single(settings.layer, SteeringVector(beta=recipe.beta, c=recipe.c), POSITIONS["PrOSV"])
+    grid = list(itertools.product(settings.sweep_betas, settings.sweep_factor_lrs))
+    runs = [RunSpec(f"beta{beta:g}-flr{flr:g}", seed=settings.seed, dataset="concept", init=(("beta", float(beta)),),
+                    lrs=(("factor", float(flr)),)) for beta, flr in grid]
+    trainer = Trainer(model, steering, {"concept": train_set}, out_dir,
+                      OptimConfig(factor_lr=recipe.factor_lr, direction_lr=recipe.direction_lr),
+                      StepConfig(vocab_chunk=4096),
+                      TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, progress=progress,
+                                  runs_per_program=len(runs)))
+    summaries = trainer.train(runs)
+    plot_loss_curves(out_dir)
+    rows = []
+    for (beta, flr), run in zip(grid, runs):
+        summary = summaries[run.name]
+        _, params, _ = load_steering(summary["steering"], model.cfg)
+        loss = None if summary["diverged"] else dataset_loss(model, steering, params, heldout_set, vocab_chunk=4096)
+        rows.append({"run": run.name, "beta": beta, "factor_lr": flr, "final_train_loss": summary["final_loss"],
+                     "heldout_loss": loss, "diverged": summary["diverged"]})
+    return rows
+
+
+def plot_sweep(rows: list[dict], path: str, title: str) -> str:
+    """Heatmap of the held-out loss over beta (rows) x eta_alpha (columns); x = diverged, star = best."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    betas = sorted({r["beta"] for r in rows})
+    lrs = sorted({r["factor_lr"] for r in rows})
+    grid = np.full((len(betas), len(lrs)), np.nan)  # [beta, eta_alpha]
+    for r in rows:
+        if r["heldout_loss"] is not None:
+            grid[betas.index(r["beta"]), lrs.index(r["factor_lr"])] = r["heldout_loss"]
+    fig, ax = plt.subplots(figsize=(4.8, 3.8))
+    image = ax.imshow(grid, origin="lower", cmap="viridis_r", aspect="auto")
+    fig.colorbar(image, ax=ax, label="held-out loss")
+    low, high = (np.nanmin(grid), np.nanmax(grid)) if np.isfinite(grid).any() else (0.0, 1.0)
+    for i, j in itertools.product(range(len(betas)), range(len(lrs))):
+        if np.isnan(grid[i, j]):
+            ax.text(j, i, "x", ha="center", va="center", color="red", fontsize=10)
+            continue
+        light = (grid[i, j] - low) <= 0.5 * (high - low)  # viridis_r is light at the low end
+        ax.text(j, i, f"{grid[i, j]:.4g}", ha="center", va="center", color="black" if light else "white",
+                fontsize=8)
+    if np.isfinite(grid).any():
+        bi, bj = np.unravel_index(np.nanargmin(grid), grid.shape)
+        ax.plot(bj + 0.32, bi + 0.3, marker="*", color="white", markersize=11, markeredgecolor="black")
+    ax.set_xticks(range(len(lrs)), [f"{x:g}" for x in lrs])
+    ax.set_yticks(range(len(betas)), [f"{x:g}" for x in betas])
+    ax.set_xlabel("eta_alpha (factor learning rate)")
+    ax.set_ylabel("beta (alpha_0 = beta * sqrt(n))")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _write_outputs(out_dir: str, summary: dict) -> None:
+    import csv
+
+    with open(os.path.join(out_dir, SWEEP_CSV), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(summary["sweep"][0]))
+        writer.writeheader()
+        writer.writerows(summary["sweep"])
+    plot_sweep(summary["sweep"], os.path.join(out_dir, SWEEP_PLOT),
+               f"PrOSV, concept {summary['concept_id']}: held-out loss")
+    with open(os.path.join(out_dir, ANSWERS_MD), "w") as f:
+        f.write(format_answers(summary))
+    with open(os.path.join(out_dir, SUMMARY_MD), "w") as f:
+        f.write(format_summary(summary))
+
+
+def format_answers(summary: dict) -> str:
+    """The answers to each instruction, unsteered / PrOSV / FSSV, one after the other."""
+    lines = [f"# Answers (concept {summary['concept_id']}: {summary['concept']})", ""]
+    for i, instruction in enumerate(summary["instructions"]):
+        lines += [f"## {i + 1}. {instruction}", ""]
+        for name, texts in summary["answers"].items():
+            lines += [f"**{name}**: {' '.join(texts[i].split())}", ""]
+    return "\n".join(lines)
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as Markdown: losses, factors, concept-word rates, the sweep, the files."""
+    loss, rate = summary["heldout_loss"], summary["concept_word_rate"]
+    lines = [f"# prosv-jax demo: concept {summary['concept_id']} ({summary['concept']})", "",
+             f"Model: `{summary['model']}`, steering at block {summary['layer']}.", "",
+             "| | held-out loss | final train loss | alpha | abs(v) | answers with a concept word |",
+             "|---|---:|---:|---:|---:|---:|",
+             f"| unsteered | {loss['unsteered']:.4f} | | | | {rate['unsteered']:.0%} |"]
+    for m in POSITIONS:
+        lines.append(f"| {m} ({POSITIONS[m]}) | {loss[m]:.4f} | {summary['train_loss'][m]:.4f} | "
+                     f"{summary['factor'][m]:.3g} | {summary['direction_norm'][m]:.3g} | {rate[m]:.0%} |")
+    lines += ["", f"Concept words (from its training responses vs GPT-4's AlpacaEval answers): "
+                  f"{', '.join(summary['concept_lexicon'][:15])}", "",
+              "## PrOSV sweep: beta x eta_alpha (held-out loss)", "", "| beta | eta_alpha | held-out loss | diverged |",
+              "|---:|---:|---:|---|"]
+    for r in summary["sweep"]:
+        held = "-" if r["heldout_loss"] is None else f"{r['heldout_loss']:.4f}"
+        lines.append(f"| {r['beta']:g} | {r['factor_lr']:g} | {held} | {'yes' if r['diverged'] else 'no'} |")
+    best = summary["best_sweep_run"]
+    if best:
+        lines += ["", f"Best: beta {best['beta']:g}, eta_alpha {best['factor_lr']:g} "
+                      f"(held-out loss {best['heldout_loss']:.4f})."]
+    lines += ["", "Files: " + ", ".join(f"`{p}`" for v in summary["files"].values()
+                                        for p in (v if isinstance(v, list) else [v])), ""]
+    return "\n".join(lines)
+
+
+def _atomic_json(path: str, data) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+    os.replace(tmp, path)

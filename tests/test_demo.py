@@ -1,0 +1,128 @@
+"""The offline demo (`prosv-jax demo`, the README's main job) and the pieces it is built from.
+
+The end-to-end test runs the README's exact command on its default settings (the small model trained on first
+use, ~10 CPU minutes cold): it is the main job, so CI runs the real thing, not a shrunken copy.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prosv_jax.concepts import concept10_descriptions, concept10_split, concept_lexicon, concept_word_rate
+
+
+def test_concept_lexicon_keeps_words_typical_of_the_concept():
+    concept = ["the proletariat rose", "a proletariat and a commune", "proletariat proletariat commune",
+               "the commune of the proletariat"] * 2
+    background = ["the weather is nice and the commune", "a recipe with the usual steps"] * 50
+    lexicon = concept_lexicon(concept, background, min_count=4, ratio=5)
+    assert lexicon[0] == "proletariat"  # most frequent first
+    assert "commune" not in lexicon  # also common in the background: not typical of the concept
+    assert concept_word_rate(["The Proletariat wins.", "nothing here", "a commune"], lexicon) == pytest.approx(1 / 3)
+
+
+def test_concept10_split_and_its_errors():
+    descriptions = concept10_descriptions()
+    assert sorted(descriptions) == list(range(10))
+    train, held = concept10_split(8, heldout=12)
+    assert (len(train), len(held)) == (60, 12)
+    assert not set(train) & set(held)
+    with pytest.raises(ValueError, match="choose one of"):
+        concept10_split(42, heldout=12)
+    with pytest.raises(ValueError, match="heldout must be in"):
+        concept10_split(8, heldout=72)
+
+
+def test_dataset_loss_equals_the_full_logits_cross_entropy():
+    """dataset_loss (response rows only, vocabulary chunks, padded last batch) vs log_softmax of full logits."""
+    from transformers import AutoTokenizer
+
+    from prosv_jax.builtin import builtin_model_dir
+    from prosv_jax.data.axbench import lang_examples
+    from prosv_jax.interventions import Steering, SteeringVector
+    from prosv_jax.interventions.transform import steered_forward
+    from prosv_jax.models.loading import load_model
+    from prosv_jax.training.data import TrainDataset
+    from prosv_jax.training.evaluate import dataset_loss, unsteered_loss
+
+    model_dir = builtin_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = load_model(model_dir, jnp.float32)
+    _, held = concept10_split(3, heldout=7)
+    dataset = TrainDataset.from_examples(lang_examples(tokenizer, held, 40, True), max_response=40,
+                                         pad_id=tokenizer.pad_token_id)
+    steering = Steering.single(1, SteeringVector(beta=2.0, c=4.0), "f2+l2")
+    params = steering.init_params(jax.random.key(0), model.cfg)
+    rows = dataset.positives
+
+    def reference(p):
+        logits = steered_forward(steering)(model, p, rows.tokens, rows.valid, rows.prompt_mask).logits
+        logp = np.asarray(jax.nn.log_softmax(logits, -1), np.float64)  # [B, T, V]
+        picked = np.take_along_axis(logp, rows.target_index[..., None], 1)  # [B, R, V]
+        token = np.take_along_axis(picked, rows.target_ids[..., None], 2)[..., 0]  # [B, R]
+        return -(token * rows.target_mask).sum() / rows.target_mask.sum()
+
+    steered = dataset_loss(model, steering, params, dataset, batch_size=4, vocab_chunk=100)
+    plain = unsteered_loss(model, steering, params, dataset, batch_size=4, vocab_chunk=100)
+    assert steered == pytest.approx(reference(params), rel=1e-5)
+    assert plain == pytest.approx(reference(steering.with_factor(params, 0.0)), rel=1e-5)
+    assert abs(steered - plain) > 1e-4  # the steering does change the loss
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    result = subprocess.run([sys.executable, "-m", "prosv_jax.cli", "demo", "--out", str(out), "--no-progress"],
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(out / "summary.json") as f:
+        return out, result.stdout, json.load(f)
+
+
+def test_demo_trains_compares_and_sweeps(demo_run):
+    out, stdout, summary = demo_run
+    loss = summary["heldout_loss"]
+    # Training on the concept lowers the loss of its held-out examples (text the runs never saw).
+    assert loss["FSSV"] < loss["unsteered"] - 0.01
+    assert loss["PrOSV"] < loss["unsteered"]
+    assert not any(r["diverged"] for r in summary["sweep"][:1])
+    settings = summary["settings"]
+    assert len(summary["sweep"]) == len(settings["sweep_betas"]) * len(settings["sweep_factor_lrs"])
+    assert all(r["heldout_loss"] is None or np.isfinite(r["heldout_loss"]) for r in summary["sweep"])
+    # Side-by-side answers: the same instructions, and steering changes what the model writes.
+    answers = summary["answers"]
+    assert set(answers) == {"unsteered", "PrOSV", "FSSV"}
+    assert all(len(texts) == settings["instructions"] for texts in answers.values())
+    assert answers["FSSV"] != answers["unsteered"]
+    for instruction in summary["instructions"]:
+        assert instruction.split()[0] in stdout
+    for name in ("summary.md", "answers.md", "sweep.csv", "sweep_heatmap.png", "prosv/loss_curves.png",
+                 "fssv/loss_curves.png", "sweep/loss_curves.png", "prosv/runs/prosv/steering.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert f"results in {out}" in stdout
+
+
+def test_demo_rerun_reuses_training_and_refuses_other_settings(demo_run):
+    out, _, first = demo_run
+    steering_file = out / "prosv" / "runs" / "prosv" / "params.safetensors"
+    before = steering_file.stat().st_mtime_ns
+    result = subprocess.run([sys.executable, "-m", "prosv_jax.cli", "demo", "--out", str(out), "--no-progress"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert steering_file.stat().st_mtime_ns == before  # nothing retrained
+    with open(out / "summary.json") as f:
+        second = json.load(f)
+    assert second["heldout_loss"] == first["heldout_loss"]
+    assert second["answers"] == first["answers"]  # same seeds, same sampled answers
+
+    other = subprocess.run([sys.executable, "-m", "prosv_jax.cli", "demo", "--out", str(out), "--concept", "3"],
+                           capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2
+    assert "concept_id" in other.stdout and "another --out" in other.stdout
+    assert steering_file.stat().st_mtime_ns == before
