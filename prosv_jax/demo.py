@@ -238,10 +238,7 @@ def _sweep(model, settings: DemoSettings, train_set, heldout_set, out_dir: str, 
 
 def plot_sweep(rows: list[dict], path: str, title: str) -> str:
     """Heatmap of the held-out loss over beta (rows) x eta_alpha (columns); x = diverged, star = best."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from prosv_jax.figures import subplots
 
     betas = sorted({r["beta"] for r in rows})
     lrs = sorted({r["factor_lr"] for r in rows})
@@ -249,7 +246,7 @@ def plot_sweep(rows: list[dict], path: str, title: str) -> str:
     for r in rows:
         if r["heldout_loss"] is not None:
             grid[betas.index(r["beta"]), lrs.index(r["factor_lr"])] = r["heldout_loss"]
-    fig, ax = plt.subplots(figsize=(4.8, 3.8))
+    fig, ax = subplots(figsize=(4.8, 3.8))
     image = ax.imshow(grid, origin="lower", cmap="viridis_r", aspect="auto")
     fig.colorbar(image, ax=ax, label="held-out loss")
     low, high = (np.nanmin(grid), np.nanmax(grid)) if np.isfinite(grid).any() else (0.0, 1.0)
@@ -270,7 +267,6 @@ def plot_sweep(rows: list[dict], path: str, title: str) -> str:
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 

@@ -215,12 +215,9 @@ def write_report(groups: dict, out: str, utility_rows: list[dict] | None = None)
 
 
 def plot_scores(methods, columns, cells, path) -> None:
-    import matplotlib
+    from prosv_jax.figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(methods) * max(1, len(columns)) ** 0.5 + 2), 4))
+    fig, ax = subplots(figsize=(max(5, 1.2 * len(methods) * max(1, len(columns)) ** 0.5 + 2), 4))
     width = 0.8 / max(1, len(columns))
     for j, col in enumerate(columns):
         xs = [i + (j - (len(columns) - 1) / 2) * width for i in range(len(methods))]
@@ -231,15 +228,11 @@ def plot_scores(methods, columns, cells, path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_tradeoff(groups, utility_rows, path) -> bool:
     """Utility (mean accuracy over tasks) vs steering score under attack, one point per (method, setting)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from prosv_jax.figures import subplots
 
     util: dict = defaultdict(list)
     for r in utility_rows:
@@ -248,7 +241,7 @@ def plot_tradeoff(groups, utility_rows, path) -> bool:
               if a and (m, s) in util]
     if not points:
         return False
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = subplots(figsize=(5.5, 4))
     for m, s, x, y in points:
         ax.scatter([x], [y])
         ax.annotate(m, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
@@ -257,5 +250,4 @@ def plot_tradeoff(groups, utility_rows, path) -> bool:
     ax.set_title("utility vs robustness")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return True

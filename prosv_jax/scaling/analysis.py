@@ -231,23 +231,15 @@ def synthetic_table(widths: Iterable[int] = (64, 128, 256, 512), exponent: float
 
 # --- figures ----------------------------------------------------------------------------------------------------
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_heatmaps(table, path: str, arm: str = "alpha_lr", x: str = "factor_lr", y: str = "beta",
                   metric: str = "eval_kl") -> None:
     """One panel per width: mean log10 score over (y, x); x marks cells where a seed diverged, a star the best."""
-    plt = _pyplot()
+    from prosv_jax.figures import subplots
+
     part = table[table["arm"] == arm]
     part = part.assign(_log=_log_scores(part, metric))
     widths = sorted(part["width"].unique())
-    fig, axes = plt.subplots(1, len(widths), figsize=(3.6 * len(widths), 3.3), squeeze=False)
+    fig, axes = subplots(1, len(widths), figsize=(3.6 * len(widths), 3.3), squeeze=False)
     for ax, width in zip(axes[0], widths):
         sub = part[part["width"] == width]
         grid = sub.pivot_table(index=y, columns=x, values="_log", aggfunc="mean").sort_index()
@@ -271,7 +263,6 @@ def plot_heatmaps(table, path: str, arm: str = "alpha_lr", x: str = "factor_lr",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 LR_PANELS = (("alpha_lr", "factor_lr", "beta", 1.0), ("alpha_lr", "factor_lr", "beta", 4.0),
@@ -281,8 +272,11 @@ LR_PANELS = (("alpha_lr", "factor_lr", "beta", 1.0), ("alpha_lr", "factor_lr", "
 def plot_lr_curves(table, path: str, metric: str = "eval_kl", panels=LR_PANELS) -> None:
     """Score vs one learning rate per width (panels: (arm, lr column, fixed column, its value)); the band spans
     the seeds, dotted lines mark the fitted optima."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    from matplotlib import colormaps
+
+    from prosv_jax.figures import subplots
+
+    fig, axes = subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
     for ax, (arm, lr_col, column, value) in zip(axes[0], panels):
         part = table[table["arm"] == arm]
         if not len(part):
@@ -290,7 +284,7 @@ def plot_lr_curves(table, path: str, metric: str = "eval_kl", panels=LR_PANELS) 
         part = _select(part, **{column: float(value)})
         part = part.assign(_log=_log_scores(part, metric))
         opt = optimal_lrs(part, lr_col, metric).set_index("width")
-        colors = plt.cm.viridis(np.linspace(0, 0.9, part["width"].nunique()))
+        colors = colormaps["viridis"](np.linspace(0, 0.9, part["width"].nunique()))
         for color, (width, sub) in zip(colors, part.groupby("width")):
             means = sub.groupby(lr_col)["_log"].agg(["mean", "min", "max"])
             ax.plot(means.index, means["mean"], "-o", color=color, ms=3, label=f"n={width}")
@@ -303,13 +297,13 @@ def plot_lr_curves(table, path: str, metric: str = "eval_kl", panels=LR_PANELS) 
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_exponents(exponents: list[dict], path: str) -> None:
     """log-log optimal lr (and stability edge) vs width, with the fitted and the predicted slopes."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    from prosv_jax.figures import subplots
+
+    fig, axes = subplots(1, 2, figsize=(10, 3.8))
     for ax, name in zip(axes, ("eta_alpha", "eta_v")):
         rows = [e for e in exponents if e["lr"] == name]
         drawn = set()
@@ -336,7 +330,6 @@ def plot_exponents(exponents: list[dict], path: str) -> None:
         ax.legend(fontsize=6.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def baseline_table(table, metric: str = "eval_kl"):
@@ -357,9 +350,10 @@ def baseline_table(table, metric: str = "eval_kl"):
 
 def plot_baselines(table, path: str, metric: str = "eval_kl") -> None:
     """Best achievable score and cos(alpha v, alpha* v*) per arm vs width: the recipe against its baselines."""
-    plt = _pyplot()
+    from prosv_jax.figures import subplots
+
     base = baseline_table(table, metric)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = subplots(1, 2, figsize=(10, 3.6))
     for arm, part in base.groupby("arm"):
         part = part.sort_values("width")
         axes[0].plot(part["width"], 10 ** part["best_log10"], "-o", label=arm)
@@ -376,7 +370,6 @@ def plot_baselines(table, path: str, metric: str = "eval_kl") -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 HYPER = ("beta", "factor_lr", "c", "direction_lr")
@@ -423,9 +416,10 @@ def transfer_table(table, metric: str = "eval_kl", transfers=TRANSFERS):
 
 def plot_transfer(table, path: str, metric: str = "eval_kl") -> None:
     """Tuned at the smallest width and transferred: the score's excess over each width's best, per recipe."""
-    plt = _pyplot()
+    from prosv_jax.figures import subplots
+
     data = transfer_table(table, metric)
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, ax = subplots(figsize=(6.5, 3.8))
     for label, part in data.groupby("transfer", sort=False):
         part = part.sort_values("width")
         ax.plot(part["width"], 10 ** part["regret_log10"], marker="o", ms=4, label=label,
@@ -442,7 +436,6 @@ def plot_transfer(table, path: str, metric: str = "eval_kl") -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def make_figures(csv_path: str, out_dir: str, metric: str = "eval_kl", n_boot: int = 1000) -> dict:

@@ -29,14 +29,11 @@ def read_metrics(out_dir: str | os.PathLike) -> dict[str, list[dict]]:
 def plot_loss_curves(out_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> str:
     """Writes the training loss of every run against its step (log y when the losses span a wide range);
     a diverged run is drawn dashed up to its last finite step and marked with an x. Returns the image path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from prosv_jax.figures import subplots
 
     runs = read_metrics(out_dir)
     path = os.fspath(path) if path is not None else os.path.join(os.fspath(out_dir), LOSS_PLOT)
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = subplots(figsize=(8, 5))
     finite_all = []
     for name, records in sorted(runs.items()):
         steps = [r["step"] for r in records if _finite(r.get("loss"))]
@@ -60,7 +57,6 @@ def plot_loss_curves(out_dir: str | os.PathLike, path: str | os.PathLike | None 
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
