@@ -16,6 +16,13 @@ Fields:
                     checkpoint_every (micro-steps; 0 = per group), blowup_loss, progress
   grid.*            seeds, factor_lrs, direction_lrs, betas, cs: lists; an empty one = the single value above;
                     runs = their cartesian product x data.concept_ids
+  mesh.*            data, fsdp, tensor: the device mesh of each process (sizes multiply to the devices it uses; all 1
+                    = one device, no mesh). The frozen weights are split over fsdp (hidden axis) and tensor (heads,
+                    MLP width, vocabulary); the runs of a group over data (replicated when runs_per_program does
+                    not divide it); each run's batch over fsdp (data x fsdp when the runs are replicated). E.g.
+                    8 GPUs: data=2, fsdp=2, tensor=2 (fsdp/tensor for a model too big for one device). Several
+                    processes (hosts) each train their share of the groups on their own mesh (see
+                    `prosv-jax train --help`). Resuming on another mesh is allowed
   out_dir           where results go ("" = outputs/<config file name>); `--out DIR` overrides it
 """
 
@@ -50,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
         epochs=12, batch_size=12, prefix_cache="device", runs_per_program=4, param_dtype="bfloat16",
         checkpoint_every=0, blowup_loss=1e4, progress=True))
     c.grid = ml_collections.ConfigDict(dict(seeds=[42], factor_lrs=[], direction_lrs=[], betas=[], cs=[]))
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
     c.out_dir = ""
     return c
 

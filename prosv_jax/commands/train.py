@@ -5,6 +5,10 @@
 The resolved config is printed and saved as DIR/config.json (+ config.txt). Results: DIR/runs/<run>/ (steering.json
 + params.safetensors), DIR/groups/*/metrics.jsonl, DIR/summary.json, DIR/loss_curves.png. Rerunning the same
 command on the same DIR resumes: finished groups are skipped, the others restart from their latest checkpoint.
+
+Several devices: --config.mesh.data/fsdp/tensor (see experiments/configs/base.py). Several hosts: the same command on
+each, with JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set, or with --distributed under SLURM,
+Open MPI or a multi-host Cloud TPU (`prosv_jax.distributed`); DIR must be shared by the hosts.
 """
 
 from __future__ import annotations
@@ -13,21 +17,37 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 
 
 
-# Fields that may change between a run and its resumption (they do not change the results).
-_RESUME_FREE = ("train.progress",)
+# Fields that may change between a run and its resumption (they do not change the results beyond float rounding).
+_RESUME_FREE = ("train.progress", "mesh", "mesh.data", "mesh.fsdp", "mesh.tensor")
+MESH_AXES = ("data", "fsdp", "tensor")
+_MULTI_HOST_HELP = """\
+several hosts: run the same command on every host, with the output folder on a file system they share, and either
+  JAX_COORDINATOR_ADDRESS=host0:PORT JAX_NUM_PROCESSES=N JAX_PROCESS_ID=i   (set all three, i = 0..N-1), or
+  --distributed under SLURM (srun), Open MPI (mpirun) or on a multi-host Cloud TPU (jax reads the cluster).
+Host i trains the groups g of the grid with g % N == i, on its own devices (--config.mesh.*); host 0 writes
+summary.json, the table and the loss plot once all are done. A rerun resumes, with any number of hosts.
+"""
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train steering vectors (a grid of runs) from a config file",
-        description="Train steering vectors from an ml-collections config file (experiments/configs/*.py). "
+        description=textwrap.fill(
+                    "Train steering vectors from an ml-collections config file (experiments/configs/*.py). "
                     "Any field can be overridden with --config.FIELD=VALUE (e.g. --config.optim.factor_lr=10, "
-                    "--config.grid.seeds=[1,2]). Rerunning on the same --out resumes.")
+                    "--config.grid.seeds=[1,2]). Rerunning on the same --out resumes. Several devices of one "
+                    "host: --config.mesh.data=2 --config.mesh.fsdp=2 --config.mesh.tensor=2 (sizes multiply to the "
+                    "devices used; fsdp/tensor split the model's weights, data the runs of a group).", 116),
+        epilog=_MULTI_HOST_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, metavar="FILE", help="a .py config file exposing get_config()")
     parser.add_argument("--out", metavar="DIR", help="output folder (overrides config.out_dir)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="join a multi-host run described by the cluster (SLURM, Open MPI, Cloud TPU); not needed "
+                             "when JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are set")
     parser.set_defaults(run=run, config_overrides=[])
     original = parser.parse_known_args
 
@@ -141,6 +161,11 @@ def build_datasets(config, tokenizer) -> tuple[dict, list[int]]:
 def check_config(config) -> None:
     from prosv_jax.interventions.positions import PositionSpec
 
+    for axis in MESH_AXES:
+        size = config.mesh[axis]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"mesh.{axis} must be a positive integer, got {size!r}")
+
     if config.objective not in ("lang", "simpo"):
         raise ValueError(f"objective must be 'lang' or 'simpo', got {config.objective!r}")
     if config.model.dtype not in ("float32", "bfloat16"):
@@ -154,6 +179,29 @@ def check_config(config) -> None:
         from prosv_jax.data.axbench import require_negatives
 
         require_negatives(config.data.negatives)
+
+
+def make_train_mesh(config):
+    """This process's mesh from config.mesh, on its own devices; None for one device (all sizes 1, one process).
+
+    With several processes every one gets a mesh, even of one device: the weights must be placed on a device of
+    this process (jax.devices()[0] may belong to another).
+    """
+    import math
+
+    import jax
+
+    from prosv_jax.models.sharding import make_mesh
+
+    shape = {axis: int(config.mesh[axis]) for axis in MESH_AXES}
+    size = math.prod(shape.values())
+    if size == 1 and jax.process_count() == 1:
+        return None
+    local = jax.local_devices()
+    if size > len(local):
+        raise ValueError(f"mesh {shape} needs {size} devices; this process has {len(local)} "
+                         f"({local[0].platform}): lower --config.mesh.*")
+    return make_mesh(shape, local[:size])
 
 
 def train_from_config(config, log=print) -> dict:
@@ -186,14 +234,19 @@ def train_from_config(config, log=print) -> dict:
     train_config = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, prefix_cache=t.prefix_cache,
                                runs_per_program=t.runs_per_program, param_dtype=t.param_dtype,
                                checkpoint_every=t.checkpoint_every, progress=t.progress)
-    model = load_model(model_dir, jnp.dtype(config.model.dtype))
+    mesh = make_train_mesh(config)
+    model = load_model(model_dir, jnp.dtype(config.model.dtype), mesh=mesh)
     log(f"training {len(runs)} run(s) on {len(datasets)} concept(s) ({', '.join(datasets)}), "
-        f"{sum(len(d) for d in datasets.values())} examples, model {model_dir}")
+        f"{sum(len(d) for d in datasets.values())} examples, model {model_dir}"
+        + ("" if mesh is None else f", mesh {dict(mesh.shape)} of {mesh.devices.flat[0].platform} devices"))
     from prosv_jax.config import to_dict
 
     trainer = Trainer(model, steering, datasets, config.out_dir, optim, step_config, train_config,
-                      metadata={"config": to_dict(config)})
-    return trainer.train(runs)
+                      metadata={"config": to_dict(config)}, mesh=mesh)
+    summaries = trainer.train(runs)
+    if trainer.process_count > 1:
+        log(f"process {trainer.process_index} of {trainer.process_count} trained group(s) {trainer.trained_groups}")
+    return summaries
 
 
 def summary_rows(out_dir: str, summaries: dict) -> list[dict]:
@@ -227,18 +280,37 @@ def format_table(rows: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from prosv_jax import distributed
+
+    distributed.initialize_from_env(auto_detect=args.distributed)  # before anything starts a jax backend
+    try:
+        with distributed.failing_together():  # an error on one host stops the others
+            return _run(args)
+    except distributed.DistributedError as error:  # another host failed: its own log has the cause
+        print(f"prosv-jax train: {error}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    import jax
+
+    from prosv_jax import distributed
     from prosv_jax.config import CONFIG_JSON, diff, resolve, save_config, to_dict
     from prosv_jax.training.plots import plot_loss_curves
 
+    main_process = jax.process_index() == 0
     config = resolve(args.config, args.config_overrides)
     if args.out:
         config.out_dir = args.out
     if not config.out_dir:
         config.out_dir = os.path.join("outputs", os.path.splitext(os.path.basename(args.config))[0])
     config.out_dir = os.path.abspath(config.out_dir)
-    print(f"config {os.path.abspath(args.config)}"
-          + (f" with {' '.join(args.config_overrides)}" if args.config_overrides else "") + ":")
-    print(str(config).rstrip())
+    if main_process:
+        print(f"config {os.path.abspath(args.config)}"
+              + (f" with {' '.join(args.config_overrides)}" if args.config_overrides else "") + ":")
+        print(str(config).rstrip())
+    if jax.process_count() > 1:
+        print(f"process {jax.process_index()} of {jax.process_count()}, {jax.local_device_count()} local device(s)")
     check_config(config)
     saved = os.path.join(config.out_dir, CONFIG_JSON)
     if os.path.isfile(saved) and os.path.isdir(os.path.join(config.out_dir, "groups")):
@@ -247,10 +319,17 @@ def run(args: argparse.Namespace) -> int:
         if changed:
             raise ValueError(f"{config.out_dir} holds results of another config (fields {changed} differ); "
                              "rerun with the same config to resume, or choose a new --out")
-        print(f"resuming in {config.out_dir}")
-    save_config(config, config.out_dir)
+        if main_process:
+            print(f"resuming in {config.out_dir}")
+    distributed.barrier("config-checked")  # every process has read the old config before process 0 rewrites it
+    if main_process:
+        save_config(config, config.out_dir)
     sys.stdout.flush()
     summaries = train_from_config(config)
+    if not main_process:
+        print(f"done; process 0 writes {os.path.join(config.out_dir, 'summary.json')}")
+        sys.stdout.flush()
+        return 0
     plot = plot_loss_curves(config.out_dir)
     print()
     print(format_table(summary_rows(config.out_dir, summaries)))

@@ -305,8 +305,10 @@ class Trainer:
         groups = [list(runs[start:start + per]) for start in range(0, len(runs), per)]
         self.trained_groups = [i for i in range(len(groups)) if i % self.process_count == self.process_index]
         summaries = {}
-        for index in self.trained_groups:
-            summaries.update(self._train_group(groups[index], index))
+        with distributed.failing_together():  # a failure here stops the other processes too
+            for index in self.trained_groups:
+                distributed.raise_if_another_failed()
+                summaries.update(self._train_group(groups[index], index))
         if self.process_count > 1:
             distributed.barrier("prosv-jax-train-groups-done")
             summaries = {}
