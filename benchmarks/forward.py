@@ -222,7 +222,7 @@ def jax_runner(directory: str, dtype_name: str, tokens, args) -> dict:
             out[f"gen{n}"] = generate(model, tok, valid, max_new_tokens=n, stop_ids=(-1,)).tokens.block_until_ready()
         return run
 
-    return dict(prefill=prefill, gen1=gen(1), genN=gen(args.new_tokens), out=out)
+    return dict(prefill=prefill, gen1=gen(1), genN=gen(args.new_tokens), out=out, model=model)
 
 
 def hf_runner(directory: str, dtype_name: str, tokens, args) -> dict:
@@ -248,7 +248,7 @@ def hf_runner(directory: str, dtype_name: str, tokens, args) -> dict:
             out[f"gen{n}"] = seq[:, tok.shape[1]:]
         return run
 
-    return dict(prefill=prefill, gen1=gen(1), genN=gen(args.new_tokens), out=out)
+    return dict(prefill=prefill, gen1=gen(1), genN=gen(args.new_tokens), out=out, model=model)
 
 
 def measure(runners: dict, repeats: int, clock=time.perf_counter) -> dict:

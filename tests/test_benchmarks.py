@@ -1,0 +1,65 @@
+"""The benchmark suite's FLOP accounting against XLA's own count, and a smoke run of the suite."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+import suite  # noqa: E402
+import train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bench_model():
+    from prosv_jax.models.loading import load_model
+
+    args = suite.parse_args(["--quick"])
+    args.hidden, args.head_dim, args.intermediate, args.vocab = 256, 64, 512, 2048  # dots dominate, as at full size
+    with tempfile.TemporaryDirectory() as directory:
+        suite.build_checkpoint(args, directory)
+        yield args, load_model(directory, jnp.float32)
+
+
+@pytest.mark.parametrize("layer,prefix_cache", [(1, "device"), (1, "off"), (2, "device")])
+def test_train_flops_match_xla_cost_analysis(bench_model, layer, prefix_cache):
+    """The analytic count of the suite (blocks forward/backward, two head matmuls) vs the compiled step's FLOPs."""
+    from prosv_jax.interventions import Steering, SteeringVector
+    from prosv_jax.training.data import TrainDataset
+    from prosv_jax.training.optim import OptimConfig
+    from prosv_jax.training.step import StepConfig, TrainState
+    from prosv_jax.training.trainer import GroupData, TrainConfig, group_program
+
+    args, model = bench_model
+    steering = Steering.single(layer, SteeringVector(), "f2+l2")
+    dataset = TrainDataset.from_examples(train.make_examples(args))
+    graphdef, model_state = nnx.split(model)
+    tx, step = group_program(graphdef, model.cfg, steering, StepConfig(), OptimConfig(), 100)
+    params = jax.tree.map(lambda x: x[None], steering.init_params(jax.random.key(0), model.cfg))
+    state = TrainState(params, jax.vmap(tx.init)(params), jnp.zeros(1, jnp.int32), jnp.ones(1, bool))
+    lrs = {g: jnp.ones(1) for g in ("factor", "direction", "other")}
+    data = GroupData(model, steering, dataset, TrainConfig(prefix_cache=prefix_cache), StepConfig())
+    indices = np.arange(args.batch)[None]
+    cost = step.lower(model_state, state, lrs, data.gather(indices, np.ones_like(indices, bool))).compile()
+    cost = cost.cost_analysis()
+    xla_flops = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    length, slots = dataset.positives.tokens.shape[1], dataset.positives.target_ids.shape[1]
+    first = layer + 1 if prefix_cache == "device" else 0
+    counted = suite.train_flops(args, args.batch, length, slots, first, layer + 1)
+    assert counted == pytest.approx(xla_flops, rel=0.05)  # the rest is elementwise work
+
+
+def test_suite_quick_prints_every_row():
+    result = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "suite.py"), "--quick", "--no-write"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("PyTorch reference", "prosv-jax full forward", "prosv-jax cached prefix", "runs vmapped",
+                "prefill f32", "decode f32", "PrOSV f2+l2 vs unsteered", "ceilings (XLA"):
+        assert row in result.stdout, row
