@@ -33,12 +33,13 @@ def examples(seed: int, n: int = 10):
             for _ in range(n)]
 
 
-def train(model, out, runs, *, runs_per_program, datasets=None, objective="lang", prefix_cache="device"):
+def train(model, out, runs, *, runs_per_program, datasets=None, objective="lang", prefix_cache="device",
+          runs_per_chunk=0):
     datasets = datasets or {"default": TrainDataset.from_examples(examples(0))}
     trainer = Trainer(model, STEERING, datasets, str(out), OptimConfig(factor_lr=0.3, direction_lr=0.05),
                       StepConfig(objective=objective),
                       TrainConfig(epochs=2, batch_size=4, runs_per_program=runs_per_program,
-                                  prefix_cache=prefix_cache, progress=False))
+                                  runs_per_chunk=runs_per_chunk, prefix_cache=prefix_cache, progress=False))
     return trainer.train(runs)
 
 
@@ -51,8 +52,9 @@ RUNS = [RunSpec("a", seed=1), RunSpec("b", seed=2, lrs=(("factor", 1.0),), init=
         RunSpec("c", seed=3, lrs=(("direction", 0.01),))]
 
 
-def test_a_run_in_a_vmapped_grid_equals_the_run_alone(model, tmp_path):
-    train(model, tmp_path / "grid", RUNS, runs_per_program=3)
+@pytest.mark.parametrize("runs_per_chunk", [0, 2, 3])  # auto (1 run at a time on CPU), 2 + a remainder, all vmapped
+def test_a_run_in_a_vmapped_grid_equals_the_run_alone(model, tmp_path, runs_per_chunk):
+    train(model, tmp_path / "grid", RUNS, runs_per_program=3, runs_per_chunk=runs_per_chunk)
     for run in RUNS:
         train(model, tmp_path / run.name, [run], runs_per_program=1)
         grid, alone = final_params(tmp_path / "grid", run.name), final_params(tmp_path / run.name, run.name)

@@ -12,7 +12,8 @@ Fields:
   objective         lang | simpo
   vocab_chunk       vocabulary chunk of the loss (never materialise full logits)
   optim.*           every OptimConfig field (learning rates, Adam, clipping, schedule, accumulation, width scaling)
-  train.*           epochs, batch_size, prefix_cache (device | host | off), runs_per_program, param_dtype,
+  train.*           epochs, batch_size, prefix_cache (device | host | off), runs_per_program, runs_per_chunk
+                    (runs vmapped at once inside a program; 0 = auto: 1 on one CPU, all elsewhere), param_dtype,
                     checkpoint_every (micro-steps; 0 = per group), blowup_loss, progress
   grid.*            seeds, factor_lrs, direction_lrs, betas, cs: lists; an empty one = the single value above;
                     runs = their cartesian product x data.concept_ids
@@ -54,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
         clip_groups=["direction"], schedule="linear", warmup_steps=0, grad_accum=1, width_scaling=False,
         factor_lr_exponent=0.5, direction_lr_exponent=-0.5))
     c.train = ml_collections.ConfigDict(dict(
-        epochs=12, batch_size=12, prefix_cache="device", runs_per_program=4, param_dtype="bfloat16",
+        epochs=12, batch_size=12, prefix_cache="device", runs_per_program=4, runs_per_chunk=0, param_dtype="bfloat16",
         checkpoint_every=0, blowup_loss=1e4, progress=True))
     c.grid = ml_collections.ConfigDict(dict(seeds=[42], factor_lrs=[], direction_lrs=[], betas=[], cs=[]))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))

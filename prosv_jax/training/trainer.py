@@ -59,7 +59,11 @@ class TrainConfig:
     epochs: int = 12
     batch_size: int = 12
     prefix_cache: str = "device"  # device | host | off: where the cached block-L residuals live
-    runs_per_program: int = 4  # runs vmapped together; on a CPU one run already fills the machine
+    runs_per_program: int = 4  # runs trained together by one compiled program
+    # Runs vmapped at once inside the program (the program loops over chunks of this many); 0 = auto: 1 on a
+    # single CPU device, where one run already fills the cores and wider batches only add memory traffic, else
+    # all of the group's runs (accelerators, meshes).
+    runs_per_chunk: int = 0
     param_dtype: str = "float32"
     checkpoint_every: int = 0  # micro-steps between checkpoints; 0 = at the end of each group only
     progress: bool = True
@@ -67,6 +71,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.prefix_cache not in PREFIX_CACHE:
             raise ValueError(f"prefix_cache must be one of {PREFIX_CACHE}, got {self.prefix_cache!r}")
+        if self.runs_per_chunk < 0:
+            raise ValueError(f"runs_per_chunk must be >= 0 (0 = auto), got {self.runs_per_chunk}")
 
 
 def _pad_batch(batch: TrainBatch, length: int, slots: int) -> TrainBatch:
@@ -346,7 +352,7 @@ class Trainer:
         updates_total = -(-total // self.optim.grad_accum)
         graphdef, model_state = nnx.split(self.model)
         tx, run_step = group_program(graphdef, self.model.cfg, self.steering, self.step_config, self.optim,
-                                     updates_total, self.mesh, self.rules)
+                                     updates_total, self.mesh, self.rules, self.config.runs_per_chunk)
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
         state = TrainState(stacked, jax.vmap(tx.init)(stacked), jnp.zeros(len(group), jnp.int32),
                            jnp.ones(len(group), bool))
@@ -418,21 +424,31 @@ class Trainer:
 
 @functools.lru_cache(maxsize=16)
 def group_program(graphdef, model_cfg, steering: Steering, step_config: StepConfig, optim: OptimConfig,
-                  updates_total: int, mesh: Mesh | None = None, rules: ShardingRules = ShardingRules()):
-    """(optimizer, jit(vmap(step))) for a group of runs; cached, so every group of a grid shares one program.
+                  updates_total: int, mesh: Mesh | None = None, rules: ShardingRules = ShardingRules(),
+                  runs_per_chunk: int = 0):
+    """(optimizer, jit(step over the group's runs)) for a group; cached, so every group of a grid shares one program.
 
-    The learning rates and the init are data, so runs that differ only in them compile once. The train
-    state's buffers are donated. On a mesh, the new state leaves the step laid out by `runs_sharding`, as it came
-    in, so the next step reuses the program.
+    The runs are vmapped `runs_per_chunk` at a time and the chunks run in a loop inside the program (0 = auto, see
+    TrainConfig). The learning rates and the init are data, so runs that differ only in them compile once. The
+    train state's buffers are donated. On a mesh, the new state leaves the step laid out by `runs_sharding`, as it
+    came in, so the next step reuses the program.
     """
     labels = param_labels(steering, jax.eval_shape(lambda: steering.init_params(jax.random.key(0), model_cfg)))
     tx = make_optimizer(optim, labels, updates_total)
     step_fn = make_train_step(steering, step_config, tx, labels, schedule_fraction(optim, updates_total),
                               optim.grad_accum)
 
+    if runs_per_chunk == 0:
+        runs_per_chunk = 1 if mesh is None and jax.default_backend() == "cpu" else None
+
     def group_step(model_state, state, lrs, data):
         model = nnx.merge(graphdef, model_state)
-        state, metrics = jax.vmap(step_fn, in_axes=(None, 0, 0, 0))(model, state, lrs, data)
+        runs = jax.tree.leaves(state.step)[0].shape[0]
+        if runs_per_chunk is None or runs_per_chunk >= runs:
+            state, metrics = jax.vmap(step_fn, in_axes=(None, 0, 0, 0))(model, state, lrs, data)
+        else:  # a loop over chunks of runs (lax.map vmaps within a chunk); the same results, bounded memory
+            state, metrics = jax.lax.map(lambda run: step_fn(model, *run), (state, lrs, data),
+                                         batch_size=runs_per_chunk)
         return _constrain(state, mesh, rules, runs_sharding), _constrain(metrics, mesh, rules, runs_sharding)
 
     return tx, jax.jit(group_step, donate_argnums=(1,))
