@@ -68,3 +68,18 @@ def test_runs_that_do_not_divide_the_data_axis_are_replicated(summary):
     layout = summary["data4_fsdp2"]["layout"]  # 2 runs on data=4; a batch of 4 on data x fsdp = 8
     assert layout["state_in"] == layout["state_out"] == [None, None]
     assert layout["tokens"] == [None, None, None]
+
+
+def test_the_train_config_asks_for_a_mesh_this_process_can_hold():
+    """In this (one-device) process: all sizes 1 = no mesh; more devices than there are, or a size 0, are refused."""
+    from prosv_jax.commands.train import check_config, make_train_mesh
+    from prosv_jax.config import resolve
+
+    config = resolve(os.path.join(os.path.dirname(__file__), "..", "experiments", "configs", "tiny_prosv.py"))
+    assert dict(config.mesh) == {"data": 1, "fsdp": 1, "tensor": 1} and make_train_mesh(config) is None
+    config.mesh.fsdp = 2
+    with pytest.raises(ValueError, match=r"needs 2 devices; this process has 1"):
+        make_train_mesh(config)
+    config.mesh.fsdp = 0
+    with pytest.raises(ValueError, match="mesh.fsdp must be a positive integer"):
+        check_config(config)
