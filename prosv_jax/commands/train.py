@@ -242,8 +242,10 @@ def train_from_config(config, log=print) -> dict:
         + ("" if mesh is None else f", mesh {dict(mesh.shape)} of {mesh.devices.flat[0].platform} devices"))
     from prosv_jax.config import to_dict
 
+    # A one-device mesh (one of several processes) only placed the weights on this process's device; the
+    # Trainer treats it as the single device it is.
     trainer = Trainer(model, steering, datasets, config.out_dir, optim, step_config, train_config,
-                      metadata={"config": to_dict(config)}, mesh=mesh)
+                      metadata={"config": to_dict(config)}, mesh=mesh if mesh is not None and mesh.size > 1 else None)
     summaries = trainer.train(runs)
     if trainer.process_count > 1:
         log(f"process {trainer.process_index} of {trainer.process_count} trained group(s) {trainer.trained_groups}")
