@@ -19,9 +19,10 @@ softmax are left out): for each of the blocks L+1..N-1 the forward pass (q/k/v/o
 execute) and the backward pass. The weights are frozen, so the backward needs gradients w.r.t. activations only:
 once the forward for each projection (no weight gradient), twice for QK^T and AV (both operands are activations).
 The head counts at the R response slots only (the loss reads no other logits): 2 x d x vocabulary forward, the
-same backward. The chunked head's recomputation in the backward pass is not counted (model FLOPs, not hardware
-FLOPs). MFU = FLOPs per step / seconds per step / peak, with the peak dense bf16 rate of the detected device
-(H100 SXM and H200: 989 TFLOP/s; see PEAK_TFLOPS; --peak-tflops overrides; none on CPU).
+same backward. These are model FLOPs, what the math needs, whatever the implementation executes (a head that
+recomputes or fuses its chunks changes the hardware FLOPs, not these). MFU = FLOPs per step / seconds per step /
+peak, with the peak dense bf16 rate of the detected device (H100 SXM and H200: 989 TFLOP/s; see PEAK_TFLOPS;
+--peak-tflops overrides; none on CPU).
 """
 
 from __future__ import annotations
