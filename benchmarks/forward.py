@@ -59,6 +59,27 @@ import time
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser described by a script's docstring, with the model and timing options every script shares."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p)
+    add_timing_args(p)
+    return p
+
+
+def append_results(name: str, argv, description: str, table: list[str], record: dict) -> str:
+    """Appends a run to results/<name>-<date>.md: a heading, the command, `description`, the table and `record` as
+    JSON (with the command added). Returns the file's path."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{name}-{datetime.date.today().isoformat()}.md")
+    command = f"python benchmarks/{name}.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    with open(path, "a") as f:
+        f.write(f"## {name} benchmark, {datetime.datetime.now().isoformat(timespec='seconds')}\n\n`{command}`\n\n"
+                f"{description}\n\n" + "\n".join(table) + "\n\n```json\n"
+                + json.dumps(dict(command=command, **record), indent=1) + "\n```\n\n")
+    return path
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The Gemma-2-shaped benchmark model's options, shared by every benchmark script."""
     p.add_argument("--layers", type=int, default=8)

@@ -12,24 +12,17 @@ run after a warm-up.
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import os
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import CpuMeter, add_model_args, add_timing_args, build_checkpoint, machine, pin_cores  # noqa: E402
-
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+from forward import CpuMeter, append_results, benchmark_parser, build_checkpoint, machine, pin_cores  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_model_args(p)
-    add_timing_args(p)
+    p = benchmark_parser(__doc__)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--prompt-len", type=int, default=128)
@@ -96,14 +89,9 @@ def main(argv=None) -> None:
     print(shape + "\n" + "\n".join(table) + f"\n{load}; total {time.perf_counter() - t_start:.0f} s")
     if args.no_write:
         return
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    path = os.path.join(RESULTS_DIR, f"steer_generate-{datetime.date.today().isoformat()}.md")
-    command = "python benchmarks/steer_generate.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    with open(path, "a") as f:
-        f.write(f"## steer_generate benchmark, {datetime.datetime.now().isoformat(timespec='seconds')}\n\n`{command}`"
-                f"\n\n{info['cpu']}; jax {info['jax']}; allocator {info['allocator']}. {shape}. {load}.\n\n"
-                + "\n".join(table) + "\n\n```json\n" + json.dumps(dict(rate=rate, seconds={
-                    f"{k[0]} / {k[1]} tokens": v for k, v in times.items()}), indent=1) + "\n```\n\n")
+    path = append_results("steer_generate", argv, f"{info['cpu']}; jax {info['jax']}; allocator {info['allocator']}. "
+                          f"{shape}. {load}.", table, dict(rate=rate, seconds={
+                              f"{k[0]} / {k[1]} tokens": v for k, v in times.items()}))
     print(f"appended to {path}")
 
 

@@ -20,26 +20,19 @@ reference's runs the forward on every position and one backward matmul.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import (CpuMeter, add_model_args, add_timing_args, build_checkpoint, hf_runner, jax_runner,  # noqa: E402
-                     machine, pin_cores)
+from forward import (CpuMeter, append_results, benchmark_parser, build_checkpoint, hf_runner,  # noqa: E402
+                     jax_runner, machine, pin_cores)
 from train import jax_side, make_examples, timed, torch_side  # noqa: E402
-
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
-    add_timing_args(p)
+    p = benchmark_parser(__doc__)
     p.add_argument("--batch", type=int, default=12, help="training batch (AxBench's)")
     p.add_argument("--positions", default="f2+l2")
     p.add_argument("--gen-batch", type=int, default=4)
@@ -253,15 +246,9 @@ def main(argv=None) -> None:
     print(f"{shape}\n{ceilings_line}\n\n{table}\n\n{load}; total {time.perf_counter() - t_start:.0f} s")
     if args.no_write:
         return
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    path = os.path.join(RESULTS_DIR, f"suite-{datetime.date.today().isoformat()}.md")
-    command = "python benchmarks/suite.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    with open(path, "a") as f:
-        f.write(f"## benchmark suite, {datetime.datetime.now().isoformat(timespec='seconds')}\n\n`{command}`\n\n"
-                f"{info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; jax {info['jax']}, torch "
-                f"{info['torch']}. {shape}. {ceilings_line}. Load: {load}.\n\n{table}\n\n```json\n"
-                + json.dumps(dict(command=command, machine=info, config=vars(args), ceilings=ceiling, rows=rows),
-                             indent=1) + "\n```\n\n")
+    path = append_results("suite", argv, f"{info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB; jax "
+                          f"{info['jax']}, torch {info['torch']}. {shape}. {ceilings_line}. Load: {load}.",
+                          table.split("\n"), dict(machine=info, config=vars(args), ceilings=ceiling, rows=rows))
     print(f"appended to {path}")
 
 

@@ -19,9 +19,6 @@ step after a warm-up, so load from other processes hits both alike; that load is
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import math
 import os
 import sys
@@ -29,17 +26,12 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import (CpuMeter, add_model_args, add_timing_args, build_checkpoint, machine, pin_cores,  # noqa: E402
+from forward import (CpuMeter, append_results, benchmark_parser, build_checkpoint, machine, pin_cores,  # noqa: E402
                      reexec_with_mimalloc)
-
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_args(p)
-    add_timing_args(p)
+    p = benchmark_parser(__doc__)
     p.add_argument("--batch", type=int, default=12)
     p.add_argument("--positions", default="f2+l2", help="position spec of the steering (f2+l2 or all)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="both")
@@ -219,15 +211,9 @@ def main(argv=None) -> None:
     print("\n".join(table) + f"\n{load}; total {time.perf_counter() - t_start:.0f} s")
     if args.no_write:
         return
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    path = os.path.join(RESULTS_DIR, f"train-{datetime.date.today().isoformat()}.md")
-    command = "python benchmarks/train.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    with open(path, "a") as f:
-        f.write(f"## train benchmark, {datetime.datetime.now().isoformat(timespec='seconds')}\n\n`{command}`\n\n"
-                f"{info['cpu']}, {info['cores']} cores; jax {info['jax']}, torch {info['torch']}; allocator "
-                f"{info['allocator']}. {shape}. Load: {load}.\n\n" + "\n".join(table) + "\n\n```json\n"
-                + json.dumps(dict(command=command, machine=info, config=vars(args), rows=rows), indent=1)
-                + "\n```\n\n")
+    path = append_results("train", argv, f"{info['cpu']}, {info['cores']} cores; jax {info['jax']}, torch "
+                          f"{info['torch']}; allocator {info['allocator']}. {shape}. Load: {load}.", table,
+                          dict(machine=info, config=vars(args), rows=rows))
     print(f"appended to {path}")
 
 

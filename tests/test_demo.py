@@ -5,7 +5,6 @@ use, ~10 CPU minutes cold): it is the main job, so CI runs the real thing, not a
 """
 
 import json
-import os
 import subprocess
 import sys
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from prosv_jax.models.config import ModelConfig
-from prosv_jax.models.layers import F32, MLP, Attention, RMSNorm, _normal, matmul
+from prosv_jax.models.layers import F32, MLP, Attention, RMSNorm, _normal
 
 Hook = Callable[[int, jax.Array], jax.Array]
 
