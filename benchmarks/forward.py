@@ -80,6 +80,12 @@ def append_results(name: str, argv, description: str, table: list[str], record: 
     return path
 
 
+def use_tiny_shape(args) -> None:
+    """The --quick model shape of the training and steering benchmarks (a smoke test, not a measurement)."""
+    args.layers, args.hidden, args.heads, args.kv_heads, args.head_dim = 4, 64, 4, 2, 16
+    args.intermediate, args.vocab = 128, 512
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """The Gemma-2-shaped benchmark model's options, shared by every benchmark script."""
     p.add_argument("--layers", type=int, default=8)

@@ -18,7 +18,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import CpuMeter, append_results, benchmark_parser, build_checkpoint, machine, pin_cores  # noqa: E402
+from forward import (CpuMeter, append_results, benchmark_parser, build_checkpoint, machine, pin_cores,  # noqa: E402
+                     use_tiny_shape)
 
 
 def parse_args(argv=None):
@@ -33,8 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        args.layers, args.hidden, args.heads, args.kv_heads, args.head_dim = 4, 64, 4, 2, 16
-        args.intermediate, args.vocab, args.layer, args.repeats = 128, 512, 1, 3
+        use_tiny_shape(args)
+        args.layer, args.repeats = 1, 3
     return args
 
 

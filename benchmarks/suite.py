@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from forward import (CpuMeter, append_results, benchmark_parser, build_checkpoint, hf_runner,  # noqa: E402
-                     jax_runner, machine, pin_cores)
+                     jax_runner, machine, pin_cores, use_tiny_shape)
 from train import jax_side, make_examples, timed, torch_side  # noqa: E402
 
 
@@ -44,8 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        args.layers, args.hidden, args.heads, args.kv_heads, args.head_dim = 4, 64, 4, 2, 16
-        args.intermediate, args.vocab, args.batch, args.repeats, args.grid = 128, 512, 4, 1, 2
+        use_tiny_shape(args)
+        args.batch, args.repeats, args.grid = 4, 1, 2
         args.gen_batch, args.prompt_len, args.new_tokens = 2, 16, 4
     return args
 

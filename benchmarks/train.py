@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from forward import (CpuMeter, append_results, benchmark_parser, build_checkpoint, machine, pin_cores,  # noqa: E402
-                     reexec_with_mimalloc)
+                     reexec_with_mimalloc, use_tiny_shape)
 
 
 def parse_args(argv=None):
@@ -43,8 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        args.layers, args.hidden, args.heads, args.kv_heads, args.head_dim = 4, 64, 4, 2, 16
-        args.intermediate, args.vocab, args.batch, args.repeats, args.grid = 128, 512, 4, 2, 4
+        use_tiny_shape(args)
+        args.batch, args.repeats, args.grid = 4, 2, 4
     return args
 
 
