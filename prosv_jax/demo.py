@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+from prosv_jax.files import write_json
+
 POSITIONS = {"PrOSV": "f2+l2", "FSSV": "all"}
 SUMMARY_JSON, SUMMARY_MD, ANSWERS_MD = "summary.json", "summary.md", "answers.md"
 SWEEP_CSV, SWEEP_PLOT = "sweep.csv", "sweep_heatmap.png"
@@ -159,7 +161,7 @@ def run_demo(out_dir: str, settings: DemoSettings = DemoSettings(), log: Callabl
     _write_outputs(out_dir, summary)
     clock.lap("report")
     summary["seconds"] = clock.stages
-    _atomic_json(os.path.join(out_dir, SUMMARY_JSON), summary)
+    write_json(os.path.join(out_dir, SUMMARY_JSON), summary, default=str)
     return summary
 
 
@@ -174,7 +176,7 @@ def _check_settings(out_dir: str, settings: DemoSettings) -> None:
         if changed:
             raise ValueError(f"{out_dir} holds a demo run with other settings ({', '.join(changed)} differ): "
                              "choose another --out, or delete that folder to start over")
-    _atomic_json(path, current)
+    write_json(path, current)
 
 
 def _train_method(model, method: str, settings: DemoSettings, train_set, heldout_set, out_dir: str,
@@ -320,10 +322,3 @@ def format_summary(summary: dict) -> str:
     lines += ["", "Files: " + ", ".join(f"`{p}`" for v in summary["files"].values()
                                         for p in (v if isinstance(v, list) else [v])), ""]
     return "\n".join(lines)
-
-
-def _atomic_json(path: str, data) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, path)

@@ -36,7 +36,8 @@ from typing import Callable, Sequence
 
 from .concept_prompts import load_prompting_file, prompting_prompt
 from .instructions import load_alpaca_instructions, sample_instructions
-from .records import read_json, write_json, write_jsonl
+from prosv_jax.files import write_json
+from .records import read_json, write_jsonl
 from .runs import check_concepts, concept_table, find_runs, setting_of_runs, split_of_runs
 
 SETTINGS_FILE = "generate.json"

@@ -23,7 +23,6 @@ import logging
 import os
 import random
 import socket
-import tempfile
 import threading
 import time
 import urllib.error
@@ -31,6 +30,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
+
+from prosv_jax.files import write_json
 
 from .rubric import DEFAULT_TEMPLATES, FACTORS, RubricTemplates, parse_rating
 
@@ -187,21 +188,7 @@ class JudgeCache:
         return rec
 
     def put(self, key: str, record: dict) -> None:
-        target = self._file(key)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=os.path.dirname(target))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(record, f, ensure_ascii=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_json(self._file(key), record, indent=None)
 
     def __len__(self) -> int:
         n = 0

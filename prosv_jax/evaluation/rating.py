@@ -22,7 +22,8 @@ from typing import Callable
 
 from .answers import load_generations
 from .judges import JudgeError, rate_answers
-from .records import write_json, write_jsonl
+from prosv_jax.files import write_json
+from .records import write_jsonl
 from .rubric import FACTORS
 
 JUDGE_FILE = "judge.json"

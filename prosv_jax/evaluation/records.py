@@ -1,36 +1,16 @@
-"""JSON / JSONL files of the evaluation stages: atomic writes, line-numbered reads, required fields."""
+"""JSON / JSONL files of the evaluation stages: atomic JSONL writes, line-numbered reads, required fields."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Iterable, Sequence
 
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes `text` through a temporary file in the same folder, then renames it: a kill never leaves half a file."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+from prosv_jax.files import write_atomic
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     write_atomic(path, "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records))
-
-
-def write_json(path: str | os.PathLike, data) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def read_json(path: str | os.PathLike):

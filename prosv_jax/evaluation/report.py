@@ -17,7 +17,8 @@ import io
 import os
 from collections import defaultdict
 
-from .records import read_jsonl, write_atomic, write_json
+from prosv_jax.files import write_atomic, write_json
+from .records import read_jsonl
 from .rubric import FACTORS
 from .scores import answer_score, score_concepts, select_factor
 

@@ -30,7 +30,8 @@ import os
 import re
 from typing import Callable, Sequence
 
-from .records import read_json, read_jsonl, write_atomic, write_json, write_jsonl
+from prosv_jax.files import write_atomic, write_json
+from .records import read_json, read_jsonl, write_jsonl
 
 UTILITY_FILE = "utility.json"
 MC_FIELDS = ("question", "choices", "answer")

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import jax
 import numpy as np
 
+from prosv_jax.files import replace_atomically, write_json
 from prosv_jax.interventions.kinds import kind_from_dict, kind_to_dict
 from prosv_jax.interventions.transform import Site, Steering, SteeringParams
 from prosv_jax.models.config import ModelConfig
@@ -19,19 +19,6 @@ from prosv_jax.models.config import ModelConfig
 SPEC_FILE = "steering.json"
 PARAMS_FILE = "params.safetensors"
 FORMAT_VERSION = 1
-
-
-def _atomic_write(path: str, write) -> None:
-    """Writes through a temporary file in the same folder and renames it, so a kill never leaves half a file."""
-    handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_steering(directory: str | os.PathLike, steering: Steering, params: SteeringParams, cfg: ModelConfig,
@@ -50,9 +37,8 @@ def save_steering(directory: str | os.PathLike, steering: Steering, params: Stee
         "model": {"family": cfg.family, "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers},
         "info": info or {},
     }
-    _atomic_write(os.path.join(directory, PARAMS_FILE), lambda path: save_file(flat, path))
-    _atomic_write(os.path.join(directory, SPEC_FILE),
-                  lambda path: open(path, "w").write(json.dumps(spec, indent=2, sort_keys=True)))
+    replace_atomically(os.path.join(directory, PARAMS_FILE), lambda path: save_file(flat, path))
+    write_json(os.path.join(directory, SPEC_FILE), spec)
 
 
 def check_compatible(model_spec: dict, cfg: ModelConfig, where: str) -> None:

@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from prosv_jax.files import write_json
 from prosv_jax.training.optim import OptimConfig
 from prosv_jax.training.step import StepConfig
 from prosv_jax.training.trainer import RunSpec, TrainConfig, Trainer
@@ -290,9 +291,7 @@ def _train_and_score(spec: SweepSpec, task, arm: Arm, runs, per_program: int, ar
     scored = run_metrics(task, arm_dir, summaries, [r.name for r, _ in runs], runs_per_program=per_program,
                          window=min(steps_per_epoch, 16), threshold_fraction=spec.threshold_fraction)
     path = os.path.join(arm_dir, "planted_metrics.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(scored, f, indent=1, sort_keys=True, default=_json_default)
-    os.replace(path + ".tmp", path)
+    write_json(path, scored, indent=1, default=_json_default)
     return _read_json(path)  # exactly what a resumed sweep reads
 
 

@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from prosv_jax import distributed
+from prosv_jax.files import write_atomic, write_json
 from prosv_jax.interventions.io import save_steering
 from prosv_jax.interventions.transform import Steering
 from prosv_jax.models.decoder import Decoder
@@ -322,10 +323,7 @@ class Trainer:
                 with open(self._done_file(index)) as f:
                     summaries.update(json.load(f))
         if self.process_index == 0:
-            path = os.path.join(self.out_dir, "summary.json")
-            with open(path + ".tmp", "w") as f:
-                json.dump(summaries, f, indent=2, sort_keys=True)
-            os.replace(path + ".tmp", path)
+            write_json(os.path.join(self.out_dir, "summary.json"), summaries)
         return summaries
 
     def _done_file(self, index: int) -> str:
@@ -394,9 +392,7 @@ class Trainer:
         checkpoints.save(total, state, meta)
         checkpoints.close()
         summaries = self._finish(group, state, metrics_path)
-        with open(done_file + ".tmp", "w") as f:  # atomic: another process may read it as soon as it exists
-            json.dump(summaries, f, indent=2, sort_keys=True)
-        os.replace(done_file + ".tmp", done_file)
+        write_json(done_file, summaries)  # atomic: another process may read it as soon as it exists
         return summaries
 
     def _finish(self, group: list[RunSpec], state: TrainState, metrics_path: str) -> dict[str, dict]:
@@ -443,8 +439,7 @@ def group_program(graphdef, model_cfg, steering: Steering, step_config: StepConf
 
     def group_step(model_state, state, lrs, data):
         model = nnx.merge(graphdef, model_state)
-        runs = jax.tree.leaves(state.step)[0].shape[0]
-        if runs_per_chunk is None or runs_per_chunk >= runs:
+        if runs_per_chunk is None or runs_per_chunk >= state.step.shape[0]:
             state, metrics = jax.vmap(step_fn, in_axes=(None, 0, 0, 0))(model, state, lrs, data)
         else:  # a loop over chunks of runs (lax.map vmaps within a chunk); the same results, bounded memory
             state, metrics = jax.lax.map(lambda run: step_fn(model, *run), (state, lrs, data),
@@ -472,6 +467,4 @@ def _truncate_metrics(path: str, first_step: int) -> None:
                 continue
             if record["step"] < first_step:
                 kept.append(line if line.endswith("\n") else line + "\n")
-    with open(path + ".tmp", "w") as f:  # atomic: a kill while rewriting never loses the kept lines
-        f.writelines(kept)
-    os.replace(path + ".tmp", path)
+    write_atomic(path, "".join(kept))  # a kill while rewriting never loses the kept lines
