@@ -23,6 +23,7 @@ from prosv_jax.files import write_json
 POSITIONS = {"PrOSV": "f2+l2", "FSSV": "all"}
 SUMMARY_JSON, SUMMARY_MD, ANSWERS_MD = "summary.json", "summary.md", "answers.md"
 SWEEP_CSV, SWEEP_PLOT = "sweep.csv", "sweep_heatmap.png"
+VOCAB_CHUNK = 4096  # the loss head's vocabulary chunk (the small model's vocabulary is 2048: one chunk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,60 +180,62 @@ def _check_settings(out_dir: str, settings: DemoSettings) -> None:
     write_json(path, current)
 
 
-def _train_method(model, method: str, settings: DemoSettings, train_set, heldout_set, out_dir: str,
-                  progress: bool) -> dict:
-    from prosv_jax.interventions import Steering, SteeringVector, load_steering
-    from prosv_jax.training.evaluate import dataset_loss, unsteered_loss
+def _train_runs(model, method: str, settings: DemoSettings, train_set, runs: list, out_dir: str, progress: bool):
+    """(steering, {run: summary}): `runs` of `method` with its recipe, all in one program, loss curves drawn."""
+    from prosv_jax.interventions import Steering, SteeringVector
     from prosv_jax.training.optim import OptimConfig
     from prosv_jax.training.plots import plot_loss_curves
     from prosv_jax.training.step import StepConfig
-    from prosv_jax.training.trainer import RunSpec, TrainConfig, Trainer
+    from prosv_jax.training.trainer import TrainConfig, Trainer
 
     recipe = RECIPES[method]
     steering = Steering.single(settings.layer, SteeringVector(beta=recipe.beta, c=recipe.c), POSITIONS[method])
     trainer = Trainer(model, steering, {"concept": train_set}, out_dir,
                       OptimConfig(factor_lr=recipe.factor_lr, direction_lr=recipe.direction_lr),
-                      StepConfig(vocab_chunk=4096),
-                      TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, progress=progress))
-    name = method.lower()
-    summary = trainer.train([RunSpec(name, seed=settings.seed, dataset="concept")])[name]
+                      StepConfig(vocab_chunk=VOCAB_CHUNK),
+                      TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, progress=progress,
+                                  runs_per_program=len(runs)))
+    summaries = trainer.train(runs)
     plot_loss_curves(out_dir)
-    steering, params, _ = load_steering(summary["steering"], model.cfg)
+    return steering, summaries
+
+
+def _train_method(model, method: str, settings: DemoSettings, train_set, heldout_set, out_dir: str,
+                  progress: bool) -> dict:
+    from prosv_jax.interventions import load_steering
+    from prosv_jax.training.evaluate import dataset_loss, unsteered_loss
+    from prosv_jax.training.trainer import RunSpec
+
+    name = method.lower()
+    steering, summaries = _train_runs(model, method, settings, train_set,
+                                      [RunSpec(name, seed=settings.seed, dataset="concept")], out_dir, progress)
+    summary = summaries[name]
+    _, params, _ = load_steering(summary["steering"], model.cfg)
     site = steering.sites[0].name
     return {"steering": steering, "params": params, "steering_path": summary["steering"],
             "final_loss": summary["final_loss"], "diverged": summary["diverged"],
             "alpha": float(np.asarray(params[site]["alpha"])),
             "v_norm": float(np.linalg.norm(np.asarray(params[site]["v"], np.float32))),
-            "heldout_loss": dataset_loss(model, steering, params, heldout_set, vocab_chunk=4096),
-            "unsteered_loss": unsteered_loss(model, steering, params, heldout_set, vocab_chunk=4096)}
+            "heldout_loss": dataset_loss(model, steering, params, heldout_set, vocab_chunk=VOCAB_CHUNK),
+            "unsteered_loss": unsteered_loss(model, steering, params, heldout_set, vocab_chunk=VOCAB_CHUNK)}
 
 
 def _sweep(model, settings: DemoSettings, train_set, heldout_set, out_dir: str, progress: bool) -> list[dict]:
-    """PrOSV runs over sweep_betas x sweep_factor_lrs (the recipe's c and eta_v), all in one vmapped program."""
-    from prosv_jax.interventions import Steering, SteeringVector, load_steering
+    """PrOSV runs over sweep_betas x sweep_factor_lrs (the recipe's c and eta_v), all in one program."""
+    from prosv_jax.interventions import load_steering
     from prosv_jax.training.evaluate import dataset_loss
-    from prosv_jax.training.optim import OptimConfig
-    from prosv_jax.training.plots import plot_loss_curves
-    from prosv_jax.training.step import StepConfig
-    from prosv_jax.training.trainer import RunSpec, TrainConfig, Trainer
+    from prosv_jax.training.trainer import RunSpec
 
-    recipe = RECIPES["PrOSV"]
-    steering = Steering.single(settings.layer, SteeringVector(beta=recipe.beta, c=recipe.c), POSITIONS["PrOSV"])
     grid = list(itertools.product(settings.sweep_betas, settings.sweep_factor_lrs))
     runs = [RunSpec(f"beta{beta:g}-flr{flr:g}", seed=settings.seed, dataset="concept", init=(("beta", float(beta)),),
                     lrs=(("factor", float(flr)),)) for beta, flr in grid]
-    trainer = Trainer(model, steering, {"concept": train_set}, out_dir,
-                      OptimConfig(factor_lr=recipe.factor_lr, direction_lr=recipe.direction_lr),
-                      StepConfig(vocab_chunk=4096),
-                      TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, progress=progress,
-                                  runs_per_program=len(runs)))
-    summaries = trainer.train(runs)
-    plot_loss_curves(out_dir)
+    steering, summaries = _train_runs(model, "PrOSV", settings, train_set, runs, out_dir, progress)
     rows = []
     for (beta, flr), run in zip(grid, runs):
         summary = summaries[run.name]
         _, params, _ = load_steering(summary["steering"], model.cfg)
-        loss = None if summary["diverged"] else dataset_loss(model, steering, params, heldout_set, vocab_chunk=4096)
+        loss = None if summary["diverged"] else dataset_loss(model, steering, params, heldout_set,
+                                                             vocab_chunk=VOCAB_CHUNK)
         rows.append({"run": run.name, "beta": beta, "factor_lr": flr, "final_train_loss": summary["final_loss"],
                      "heldout_loss": loss, "diverged": summary["diverged"]})
     return rows
