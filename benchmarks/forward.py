@@ -80,6 +80,23 @@ def append_results(name: str, argv, description: str, table: list[str], record: 
     return path
 
 
+def axbench_like_examples(n: int, vocab: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """n (prompt, response) id lists of AxBench's lengths: prompts of 20-30 tokens, responses of 90-170 cut to 128."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [(list(rng.integers(3, vocab, rng.integers(20, 31))),
+             list(rng.integers(3, vocab, rng.integers(90, 171)))[:128]) for _ in range(n)]
+
+
+def block_flops(hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int, context: int
+                ) -> tuple[int, int]:
+    """(projection + gated-MLP FLOPs, attention-mixing FLOPs) of one decoder block per position, forward; the mixing
+    (QK^T and AV) over `context` keys as executed (the full square for a masked sequence)."""
+    dense = 2 * hidden * (heads + 2 * kv_heads) * head_dim + 2 * heads * head_dim * hidden + 6 * hidden * intermediate
+    return dense, 4 * context * heads * head_dim
+
+
 def use_tiny_shape(args) -> None:
     """The --quick model shape of the training and steering benchmarks (a smoke test, not a measurement)."""
     args.layers, args.hidden, args.heads, args.kv_heads, args.head_dim = 4, 64, 4, 2, 16

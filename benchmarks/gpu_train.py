@@ -36,7 +36,8 @@ import statistics
 import sys
 import time
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from forward import RESULTS_DIR, axbench_like_examples, block_flops  # noqa: E402
 
 # Gemma-2-2B; the tiny shape is the built-in model's.
 SHAPES = {
@@ -93,12 +94,11 @@ def model_config(shape: dict):
 
 def step_flops(cfg, layer: int, runs: int, batch: int, length: int, slots: int) -> dict:
     """Model FLOPs of one group step (see the module docstring): forward, backward and total."""
-    d, heads, kv, hd, mlp, vocab = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                                    cfg.intermediate_size, cfg.vocab_size)
+    dense, mix = block_flops(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size,
+                             length)  # per position
     blocks = cfg.num_layers - 1 - layer
-    linear = 2 * length * (d * heads * hd + 2 * d * kv * hd + heads * hd * d + 3 * d * mlp)  # per sequence, block
-    attention = 2 * 2 * length * length * heads * hd  # QK^T and AV
-    head = 2 * slots * d * vocab
+    linear, attention = length * dense, length * mix  # per sequence and block
+    head = 2 * slots * cfg.hidden_size * cfg.vocab_size
     sequences = runs * batch
     forward = sequences * (blocks * (linear + attention) + head)
     backward = sequences * (blocks * (linear + 2 * attention) + head)
@@ -112,14 +112,6 @@ def peak_tflops(device_kind: str, override: float | None) -> float | None:
         if name.lower() in device_kind.lower():
             return tflops
     return None
-
-
-def make_examples(n: int, vocab: int, seed: int = 0):
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    return [(list(rng.integers(3, vocab, rng.integers(20, 31))),
-             list(rng.integers(3, vocab, rng.integers(90, 171)))[:128]) for _ in range(n)]
 
 
 def time_setting(model, steering, group_data, runs: int, batch: int, steps: int) -> dict:
@@ -206,7 +198,7 @@ def main(argv=None) -> list[dict]:
     model = nnx.jit(lambda: Decoder(cfg, jnp.dtype(args.dtype), rngs=nnx.Rngs(0)))()
     jax.block_until_ready(nnx.state(model))
     steering = Steering.single(args.layer, SteeringVector(beta=2.0, c=1.0), args.positions)
-    dataset = TrainDataset.from_examples(make_examples(max(args.batches), cfg.vocab_size))
+    dataset = TrainDataset.from_examples(axbench_like_examples(max(args.batches), cfg.vocab_size))
     t0 = time.perf_counter()
     group_data = GroupData(model, steering, dataset, TrainConfig(prefix_cache="device"), StepConfig())
     jax.block_until_ready(group_data.prefix)

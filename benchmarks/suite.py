@@ -26,9 +26,10 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import (CpuMeter, append_results, benchmark_parser, build_checkpoint, hf_runner,  # noqa: E402
+from forward import (CpuMeter, append_results, axbench_like_examples, benchmark_parser, build_checkpoint, hf_runner,  # noqa: E402
                      jax_runner, machine, pin_cores, use_tiny_shape)
-from train import jax_side, make_examples, timed, torch_side  # noqa: E402
+from forward import block_flops as shape_block_flops  # noqa: E402
+from train import jax_side, timed, torch_side  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -85,11 +86,9 @@ def ceilings(quick: bool, clock) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ FLOP counts
-def block_flops(args, context: int) -> tuple[float, float]:
-    """(projection + MLP FLOPs, attention-mixing FLOPs) of one block per position, forward."""
-    d, h = args.hidden, args.head_dim
-    dense = 2 * d * (args.heads + 2 * args.kv_heads) * h + 2 * args.heads * h * d + 6 * d * args.intermediate
-    return dense, 4 * context * args.heads * h
+def block_flops(args, context: int) -> tuple[int, int]:
+    """forward.block_flops for the benchmark model of `args`."""
+    return shape_block_flops(args.hidden, args.heads, args.kv_heads, args.head_dim, args.intermediate, context)
 
 
 def train_flops(args, rows: int, length: int, slots: int, first_block: int, backward_from: int,
@@ -125,9 +124,9 @@ def training_rows(args, directory, clock) -> list[dict]:
     from prosv_jax.training.data import TrainDataset
 
     model = load_model(directory, jnp.float32)
-    dataset = TrainDataset.from_examples(make_examples(args))
+    dataset = TrainDataset.from_examples(axbench_like_examples(args.batch, args.vocab))
     length, slots = dataset.positives.tokens.shape[1], dataset.positives.target_ids.shape[1]
-    ref_length = make_batch(make_examples(args), multiple=1).tokens.shape[1]
+    ref_length = make_batch(axbench_like_examples(args.batch, args.vocab), multiple=1).tokens.shape[1]
     layers = [max(0, min(args.layers - 2, round(f * args.layers) - 1)) for f in (0.4, 0.75)]
     sides, flops = {}, {}
     for i, layer in enumerate(layers):

@@ -26,7 +26,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import (CpuMeter, append_results, benchmark_parser, build_checkpoint, machine, pin_cores,  # noqa: E402
+from forward import (CpuMeter, append_results, axbench_like_examples, benchmark_parser, build_checkpoint, machine, pin_cores,  # noqa: E402
                      reexec_with_mimalloc, use_tiny_shape)
 
 
@@ -48,14 +48,6 @@ def parse_args(argv=None):
     return args
 
 
-def make_examples(args, seed=0):
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    return [(list(rng.integers(3, args.vocab, rng.integers(20, 31))),
-             list(rng.integers(3, args.vocab, rng.integers(90, 171)))[:128]) for _ in range(args.batch)]
-
-
 # ----------------------------------------------------------------------------------------------------- prosv-jax
 def jax_side(model, layer, args, prefix_cache, runs=1):
     """A zero-argument callable doing one training step of `runs` vmapped runs (and its prefix set-up time)."""
@@ -72,7 +64,7 @@ def jax_side(model, layer, args, prefix_cache, runs=1):
 
     steering = Steering.single(layer, SteeringVector(beta=2.0, c=1.0), args.positions)
     optim, step_config = OptimConfig(factor_lr=1.0, direction_lr=0.04), StepConfig()
-    dataset = TrainDataset.from_examples(make_examples(args))
+    dataset = TrainDataset.from_examples(axbench_like_examples(args.batch, args.vocab))
     graphdef, model_state = nnx.split(model)
     tx, group_step = group_program(graphdef, model.cfg, steering, step_config, optim, 10_000)
     params = [steering.init_params(jax.random.key(k), model.cfg, model.dtype) for k in range(runs)]
@@ -107,7 +99,7 @@ def torch_side(directory, dtype, layer, args):
 
     model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype)).eval()
     model.requires_grad_(False)
-    batch = make_batch(make_examples(args), multiple=1)
+    batch = make_batch(axbench_like_examples(args.batch, args.vocab), multiple=1)
     tokens = torch.tensor(batch.tokens, dtype=torch.long)
     attention = torch.tensor(batch.valid.astype(np.int64))
     labels = torch.where(torch.tensor(batch.valid & ~batch.prompt_mask), tokens, torch.tensor(-100))

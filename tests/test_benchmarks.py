@@ -14,7 +14,6 @@ from flax import nnx
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 import suite  # noqa: E402
-import train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +38,7 @@ def test_train_flops_match_xla_cost_analysis(bench_model, layer, prefix_cache):
 
     args, model = bench_model
     steering = Steering.single(layer, SteeringVector(), "f2+l2")
-    dataset = TrainDataset.from_examples(train.make_examples(args))
+    dataset = TrainDataset.from_examples(suite.axbench_like_examples(args.batch, args.vocab))
     graphdef, model_state = nnx.split(model)
     tx, step = group_program(graphdef, model.cfg, steering, StepConfig(), OptimConfig(), 100)
     params = jax.tree.map(lambda x: x[None], steering.init_params(jax.random.key(0), model.cfg))
