@@ -95,14 +95,23 @@ def train_flops(args, rows: int, length: int, slots: int, first_block: int, back
                 reference: bool = False) -> float:
     """Executed FLOPs of one training step: blocks first_block.. forward, blocks backward_from.. backward (input
     gradients only), and the head (prosv-jax: 2 matmuls on rows*slots; reference: forward on every position plus
-    one backward matmul)."""
+    one backward matmul). prosv-jax's last block computes its rows*slots response rows only (keys and values at
+    every position); the reference's computes every position."""
     dense, mix = block_flops(args, length)
+    kv = 4 * args.hidden * args.kv_heads * args.head_dim  # key and value projections per position, forward
     positions = rows * length
-    forward = (args.layers - first_block) * positions * (dense + mix)
-    backward = (args.layers - backward_from) * positions * (dense + 2 * mix)
+    last_rows = positions if reference else rows * slots
+
+    def blocks(count: int, mix_factor: int) -> float:
+        """`count` blocks ending with the last one (the backward pass mixes twice)."""
+        if count <= 0:
+            return 0
+        return ((count - 1) * positions * (dense + mix_factor * mix) + positions * kv
+                + last_rows * (dense - kv + mix_factor * mix))
+
     head = 2 * args.hidden * args.vocab
     head_flops = head * (2 * positions if reference else 2 * rows * slots)
-    return forward + backward + head_flops
+    return blocks(args.layers - first_block, 1) + blocks(args.layers - backward_from, 2) + head_flops
 
 
 def decode_cost(args, dtype_bytes: int) -> tuple[float, float]:

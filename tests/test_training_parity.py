@@ -17,13 +17,13 @@ import transformers
 from flax import nnx
 
 import hf_models
-from prosv_jax.interventions import Site, Steering, SteeringVector
+from prosv_jax.interventions import Site, Steering, SteeringVector, steered_forward
 from prosv_jax.models.loading import load_model
 from prosv_jax.training.batch import make_batch
 from prosv_jax.training.losses import token_logprobs
 from prosv_jax.training.optim import OptimConfig, make_optimizer, param_labels, schedule_fraction
 from prosv_jax.training.step import (StepConfig, StepData, TrainState, loss_fn, make_train_step, prefix_residuals,
-                                     reference_logprob_sums)
+                                     reference_logprob_sums, response_logprobs)
 from prosv_jax.training.trainer import group_program
 
 LAYER = 1
@@ -170,9 +170,9 @@ def test_chunked_vocabulary_head_equals_the_full_head(pair):
 
     @jax.jit
     def heads(model, data):
-        hidden, _, _ = model.run_blocks(model.embed(data.tokens), positions, data.valid)
-        chunked = token_logprobs(model, hidden, data.target_index, data.target_ids, vocab_chunk=37)
-        full = token_logprobs(model, hidden, data.target_index, data.target_ids, vocab_chunk=10 ** 6)
+        hidden, _, _ = model.run_blocks(model.embed(data.tokens), positions, data.valid, rows=data.target_index)
+        chunked = token_logprobs(model, hidden, data.target_ids, vocab_chunk=37)
+        full = token_logprobs(model, hidden, data.target_ids, vocab_chunk=10 ** 6)
         logits = model(data.tokens, positions, data.valid).logits  # the model's own head, soft-cap included
         direct = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), data.target_index[..., None], 1)
         return chunked, full, jnp.take_along_axis(direct, data.target_ids[..., None], -1)[..., 0]
@@ -353,6 +353,42 @@ def test_frozen_prefix_gives_the_same_loss_and_gradients(pair):
             g, gc = np.asarray(grads[site][name]), np.asarray(grads_c[site][name])
             assert np.abs(g).max() > 1e-4
             np.testing.assert_allclose(gc, g, rtol=1e-5, atol=1e-6)
+
+
+def test_last_block_on_response_rows_equals_the_full_forward(pair):
+    """The loss path runs the last block on the response rows only (Decoder.run_blocks(rows=...)). Sites on the
+    last two blocks (the last one edited at those rows), and a prefix cached after the last block (no block left
+    to run): log-probs and gradients equal log_softmax of the steered model's full logits."""
+    _, model = pair
+    last = model.cfg.num_layers - 1
+    data = step_data(pack(examples(*LANG_EXAMPLES, seed=4)))
+    steering = Steering((Site(last - 1, SteeringVector(beta=1.0, c=4.0), "f2+l2", "a"),
+                         Site(last, SteeringVector(beta=1.0, c=4.0), "all", "b")))
+    only_last = Steering((Site(last, SteeringVector(beta=1.0, c=4.0), "f2+l2", "b"),))
+    params = steering.init_params(jax.random.key(3), model.cfg)
+
+    def direct(params, steering):
+        logits = steered_forward(steering)(model, params, data.tokens, data.valid, data.prompt_mask).logits
+        rows = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), data.target_index[..., None], 1)  # [B, R, V]
+        return jnp.take_along_axis(rows, data.target_ids[..., None], -1)[..., 0]  # [B, R]
+
+    def rows_path(params, steering, cached):
+        prefix = prefix_residuals(model, steering, data.tokens, data.valid) if cached else None
+        return response_logprobs(model, steering, params, data._replace(prefix=prefix), vocab_chunk=37)
+
+    mask = np.asarray(data.target_mask)
+    for steer, site_params, cached in ((steering, params, False), (only_last, {"b": params["b"]}, True)):
+        total = lambda f: lambda p: (f(p) * data.target_mask).sum()  # noqa: E731
+        want, want_grad = jax.jit(jax.value_and_grad(total(lambda p: direct(p, steer))))(site_params)
+        got, got_grad = jax.jit(jax.value_and_grad(total(lambda p: rows_path(p, steer, cached))))(site_params)
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(rows_path(site_params, steer, cached))[mask],
+                                   np.asarray(direct(site_params, steer))[mask], rtol=1e-5, atol=1e-5)
+        for site in site_params:
+            for name in ("alpha", "v"):
+                g, want_g = np.asarray(got_grad[site][name]), np.asarray(want_grad[site][name])
+                assert np.abs(want_g).max() > 1e-4
+                np.testing.assert_allclose(g, want_g, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("tied", [True, False])

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from prosv_jax.interventions.kinds import SteeringVector
 from prosv_jax.interventions.positions import PositionSpec
 from prosv_jax.models.config import ModelConfig
-from prosv_jax.models.decoder import Decoder, ForwardOutput, positions_from_valid
+from prosv_jax.models.decoder import Decoder, ForwardOutput, positions_from_valid, take_rows
 
 SteeringParams = dict[str, Any]
 
@@ -115,6 +115,12 @@ def _hook_function(steering: Steering) -> Callable:
 def make_hook(steering: Steering, params: SteeringParams, masks: dict[str, jax.Array]) -> jax.tree_util.Partial:
     """A model hook carrying params and masks as traced data."""
     return jax.tree_util.Partial(_hook_function(steering), params, masks)
+
+
+def make_rows_hook(steering: Steering, params: SteeringParams, masks: dict[str, jax.Array],
+                   rows: jax.Array) -> jax.tree_util.Partial:
+    """The hook of `make_hook` for residuals taken at positions rows [B, R] (`Decoder.run_blocks(rows=...)`)."""
+    return make_hook(steering, params, {name: take_rows(mask, rows) for name, mask in masks.items()})
 
 
 def steered_forward(steering: Steering) -> Callable[..., ForwardOutput]:

@@ -57,15 +57,22 @@ class Block(nnx.Module):
             self.post_attn_norm = norm()
             self.post_ffn_norm = norm()
 
-    def __call__(self, x, positions, mask, kv):
-        """x [B, T, d]; kv is None (attend to this chunk) or (cache_k, cache_v, index) to write into first."""
-        q, k, v = self.attn.project_qkv(self.pre_attn_norm(x), positions)
+    def __call__(self, x, positions, mask, kv, rows: jax.Array | None = None):
+        """x [B, T, d]; kv is None (attend to this chunk) or (cache_k, cache_v, index) to write into first.
+
+        rows [B, R] (without kv): compute the output at those positions only, [B, R, d]. Every position still
+        gives its key and value, but queries, output projection and MLP run on R rows instead of T.
+        """
+        normed = self.pre_attn_norm(x)
+        k, v = self.attn.keys_values(normed, positions)
         if kv is not None:
             cache_k, cache_v, index = kv
             k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
             v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
-        window_mask = mask[self.attn.window]
-        h = self.attn.attend(q, k, v, window_mask)
+        window_mask = mask[self.attn.window]  # [B, T, S]
+        if rows is not None:
+            x, normed, positions, window_mask = (take_rows(a, rows) for a in (x, normed, positions, window_mask))
+        h = self.attn.attend(self.attn.queries(normed, positions), k, v, window_mask)
         if hasattr(self, "post_attn_norm"):
             h = self.post_attn_norm(h)
         x = x + h
@@ -73,6 +80,11 @@ class Block(nnx.Module):
         if hasattr(self, "post_ffn_norm"):
             h = self.post_ffn_norm(h)
         return x + h, (k, v)
+
+
+def take_rows(a: jax.Array, rows: jax.Array) -> jax.Array:
+    """a [B, T, ...] at positions rows [B, R] -> [B, R, ...]."""
+    return jnp.take_along_axis(a, rows.reshape(rows.shape + (1,) * (a.ndim - 2)), axis=1)
 
 
 def attention_masks(cfg: ModelConfig, q_index: jax.Array, key_valid: jax.Array) -> dict:
@@ -120,12 +132,18 @@ class Decoder(nnx.Module):
         return logits
 
     def run_blocks(self, h, positions, key_valid, *, cache: KVCache | None = None, hook: Hook | None = None,
-                   capture: Sequence[int] = (), start: int = 0, stop: int | None = None):
+                   capture: Sequence[int] = (), start: int = 0, stop: int | None = None,
+                   rows: jax.Array | None = None, rows_hook: Hook | None = None):
         """Runs blocks [start, stop) on residuals h [B, T, d]; returns (h, new cache, captured residuals).
 
         key_valid is [B, T] without a cache, and the cache's [B, S] validity (already updated) with one.
+        rows [B, R] (no cache): only the residuals at those positions are wanted, so the last block computes those
+        rows alone and h comes back [B, R, d]; `rows_hook` then replaces `hook` after that block (its masks taken
+        at the rows).
         """
         stop = self.cfg.num_layers if stop is None else stop
+        if rows is not None and cache is not None:
+            raise ValueError("rows= computes a subset of positions without a KV cache; drop one of rows / cache")
         if cache is None:
             q_index = jnp.arange(h.shape[1])
         else:
@@ -134,13 +152,17 @@ class Decoder(nnx.Module):
         captured, keys, values = {}, list(cache.keys) if cache else None, list(cache.values) if cache else None
         for layer in range(start, stop):
             kv = None if cache is None else (cache.keys[layer], cache.values[layer], cache.index)
-            h, (k, v) = self.layers[layer](h, positions, masks, kv)
+            last_rows = rows is not None and layer == stop - 1
+            h, (k, v) = self.layers[layer](h, positions, masks, kv, rows if last_rows else None)
             if cache is not None:
                 keys[layer], values[layer] = k, v
-            if hook is not None:
-                h = hook(layer, h)
+            layer_hook = rows_hook if last_rows else hook
+            if layer_hook is not None:
+                h = layer_hook(layer, h)
             if layer in capture:
                 captured[layer] = h
+        if rows is not None and start >= stop:
+            h = take_rows(h, rows)
         new_cache = None
         if cache is not None:
             new_cache = KVCache(tuple(keys), tuple(values), key_valid, cache.index + h.shape[1])

@@ -77,17 +77,24 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(D, cfg.rms_norm_eps, cfg.gemma_norm, dtype)
             self.k_norm = RMSNorm(D, cfg.rms_norm_eps, cfg.gemma_norm, dtype)
 
-    def project_qkv(self, x: jax.Array, positions: jax.Array):
-        """Queries [B, T, H, D] and keys, values [B, T, K, D] of x [B, T, d], rotated to their positions."""
+    def queries(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        """Queries [B, T, H, D] of x [B, T, d], rotated to their positions [B, T]."""
         q = matmul("btd,dhk->bthk", x, self.q[...])
+        if hasattr(self, "q_bias"):
+            q = q + self.q_bias[...]
+        if hasattr(self, "q_norm"):
+            q = self.q_norm(q)
+        return apply_rope(q, positions, self.rope.inv_freq(q.shape[-1]))
+
+    def keys_values(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Keys and values [B, T, K, D] of x [B, T, d]; the keys rotated to their positions [B, T]."""
         k = matmul("btd,dhk->bthk", x, self.k[...])
         v = matmul("btd,dhk->bthk", x, self.v[...])
-        if hasattr(self, "q_bias"):
-            q, k, v = q + self.q_bias[...], k + self.k_bias[...], v + self.v_bias[...]
-        if hasattr(self, "q_norm"):
-            q, k = self.q_norm(q), self.k_norm(k)
-        inv_freq = self.rope.inv_freq(q.shape[-1])
-        return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
+        if hasattr(self, "k_bias"):
+            k, v = k + self.k_bias[...], v + self.v_bias[...]
+        if hasattr(self, "k_norm"):
+            k = self.k_norm(k)
+        return apply_rope(k, positions, self.rope.inv_freq(k.shape[-1])), v
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
         """Attention output [B, T, d] of q [B, T, H, D] over k, v [B, S, K, D] where mask [B, T, S] is True."""

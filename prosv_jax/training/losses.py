@@ -17,11 +17,9 @@ from prosv_jax.models.decoder import Decoder
 F32 = jnp.float32
 
 
-def token_logprobs(model: Decoder, hidden: jax.Array, target_index: jax.Array, target_ids: jax.Array,
-                   vocab_chunk: int = 8192) -> jax.Array:
-    """log p(target_ids) [B, R] from residuals hidden [B, T, d] at positions target_index [B, R]."""
-    h = jnp.take_along_axis(hidden, target_index[..., None], axis=1)  # [B, R, d]
-    h = model.final_norm(h)
+def token_logprobs(model: Decoder, hidden: jax.Array, target_ids: jax.Array, vocab_chunk: int = 8192) -> jax.Array:
+    """log p(target_ids) [B, R] from the last block's residuals hidden [B, R, d] at the positions predicting them."""
+    h = model.final_norm(hidden)
     B, R, d = h.shape
     tied = model.cfg.tie_word_embeddings
     head = model.embedding[...] if tied else model.lm_head[...]  # [V, d] tied, [d, V] untied (never transposed)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from prosv_jax.interventions.kinds import SteeringVector
-from prosv_jax.interventions.transform import Steering, SteeringParams, make_hook
+from prosv_jax.interventions.transform import Steering, SteeringParams, make_hook, make_rows_hook
 from prosv_jax.models.decoder import Decoder, positions_from_valid
 from prosv_jax.training.losses import lang_loss, simpo_loss, token_logprobs
 from prosv_jax.training.optim import group_norms, scale_by_group_lr
@@ -57,16 +57,22 @@ class StepConfig:
 
 def response_logprobs(model: Decoder, steering: Steering, params: SteeringParams, data: StepData,
                       vocab_chunk: int = 8192) -> jax.Array:
-    """Steered log-probs [B, R] of the response tokens, from the cached prefix when `data.prefix` is given."""
-    hook = make_hook(steering, params, steering.masks(data.prompt_mask, data.valid))
+    """Steered log-probs [B, R] of the response tokens, from the cached prefix when `data.prefix` is given.
+
+    The last block runs on the rows predicting response tokens only: the loss reads nothing else of it.
+    """
+    masks = steering.masks(data.prompt_mask, data.valid)  # site -> [B, T]
+    hook = make_hook(steering, params, masks)
+    rows_hook = make_rows_hook(steering, params, masks, data.target_index)
     positions = positions_from_valid(data.valid)
     if data.prefix is None:
-        hidden, _, _ = model.run_blocks(model.embed(data.tokens), positions, data.valid, hook=hook)
+        hidden, start = model.embed(data.tokens), 0
     else:
         first = steering.first_layer
-        hidden = hook(first, data.prefix.astype(model.dtype))
-        hidden, _, _ = model.run_blocks(hidden, positions, data.valid, hook=hook, start=first + 1)
-    return token_logprobs(model, hidden, data.target_index, data.target_ids, vocab_chunk)
+        hidden, start = hook(first, data.prefix.astype(model.dtype)), first + 1
+    hidden, _, _ = model.run_blocks(hidden, positions, data.valid, hook=hook, start=start, rows=data.target_index,
+                                    rows_hook=rows_hook)  # [B, R, d]
+    return token_logprobs(model, hidden, data.target_ids, vocab_chunk)
 
 
 def prefix_residuals(model: Decoder, steering: Steering, tokens, valid) -> jax.Array:
@@ -78,8 +84,9 @@ def prefix_residuals(model: Decoder, steering: Steering, tokens, valid) -> jax.A
 
 def reference_logprob_sums(model: Decoder, data: StepData, vocab_chunk: int = 8192) -> jax.Array:
     """Summed response log-probs [B] under the unsteered model (SimPO's p_ref)."""
-    hidden, _, _ = model.run_blocks(model.embed(data.tokens), positions_from_valid(data.valid), data.valid)
-    logprobs = token_logprobs(model, hidden, data.target_index, data.target_ids, vocab_chunk)
+    hidden, _, _ = model.run_blocks(model.embed(data.tokens), positions_from_valid(data.valid), data.valid,
+                                    rows=data.target_index)  # [B, R, d]
+    logprobs = token_logprobs(model, hidden, data.target_ids, vocab_chunk)
     return (logprobs * data.target_mask).sum(-1)
 
 
