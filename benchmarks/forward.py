@@ -97,6 +97,19 @@ def block_flops(hidden: int, heads: int, kv_heads: int, head_dim: int, intermedi
     return dense, 4 * context * heads * head_dim
 
 
+def stack_flops(hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int, count: int, length: int,
+                positions: int, last_rows: int, backward: bool = False) -> int:
+    """FLOPs of the model's last `count` blocks over `positions` = sequences x length positions, forward (or their
+    input-gradient backward: the mixing twice). The last block computes `last_rows` rows (keys and values at every
+    position; queries, output projection and MLP at those rows)."""
+    if count <= 0:
+        return 0
+    dense, mix = block_flops(hidden, heads, kv_heads, head_dim, intermediate, length)
+    mix *= 2 if backward else 1
+    kv = 4 * hidden * kv_heads * head_dim  # key and value projections per position
+    return (count - 1) * positions * (dense + mix) + positions * kv + last_rows * (dense - kv + mix)
+
+
 def use_tiny_shape(args) -> None:
     """The --quick model shape of the training and steering benchmarks (a smoke test, not a measurement)."""
     args.layers, args.hidden, args.heads, args.kv_heads, args.head_dim = 4, 64, 4, 2, 16

@@ -16,8 +16,10 @@ to the longest (T tokens, R response slots). tokens/s counts real (non-padding) 
 FLOPs are model FLOPs of what the step must compute, counted by hand (matmuls only; norms, soft-caps, RoPE and the
 softmax are left out): for each of the blocks L+1..N-1 the forward pass (q/k/v/o projections and the MLP,
 2 x tokens x weights, plus the attention products QK^T and AV over the full padded T x T, which the masked einsums
-execute) and the backward pass. The weights are frozen, so the backward needs gradients w.r.t. activations only:
-once the forward for each projection (no weight gradient), twice for QK^T and AV (both operands are activations).
+execute) and the backward pass; the last block at the R response rows only (queries, output projection, MLP; its
+keys and values at every position), as the step computes it. The weights are frozen, so the backward needs
+gradients w.r.t. activations only: once the forward for each projection (no weight gradient), twice for QK^T and
+AV (both operands are activations).
 The head counts at the R response slots only (the loss reads no other logits): 2 x d x vocabulary forward, the
 same backward. These are model FLOPs, what the math needs, whatever the implementation executes (a head that
 recomputes or fuses its chunks changes the hardware FLOPs, not these). MFU = FLOPs per step / seconds per step /
@@ -37,7 +39,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import RESULTS_DIR, axbench_like_examples, block_flops  # noqa: E402
+from forward import RESULTS_DIR, axbench_like_examples, stack_flops  # noqa: E402
 
 # Gemma-2-2B; the tiny shape is the built-in model's.
 SHAPES = {
@@ -94,14 +96,13 @@ def model_config(shape: dict):
 
 def step_flops(cfg, layer: int, runs: int, batch: int, length: int, slots: int) -> dict:
     """Model FLOPs of one group step (see the module docstring): forward, backward and total."""
-    dense, mix = block_flops(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size,
-                             length)  # per position
-    blocks = cfg.num_layers - 1 - layer
-    linear, attention = length * dense, length * mix  # per sequence and block
-    head = 2 * slots * cfg.hidden_size * cfg.vocab_size
+    shape = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size)
     sequences = runs * batch
-    forward = sequences * (blocks * (linear + attention) + head)
-    backward = sequences * (blocks * (linear + 2 * attention) + head)
+    blocks = cfg.num_layers - 1 - layer
+    stack = [stack_flops(*shape, blocks, length, sequences * length, sequences * slots, backward=b)
+             for b in (False, True)]
+    head = sequences * 2 * slots * cfg.hidden_size * cfg.vocab_size
+    forward, backward = stack[0] + head, stack[1] + head
     return dict(forward=forward, backward=backward, total=forward + backward)
 
 

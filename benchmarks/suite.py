@@ -9,8 +9,9 @@ of the ceilings it measures itself (a large float32 matmul, a large copy). Targe
 FLOP counts (per position, forward; d model width, H/KV heads, h head dim, f MLP width, V vocabulary, T context):
 block = 2d(H+2KV)h + 2Hhd (projections) + 6df (gated MLP) + 4THh (scores and mixing, the full T x T square as
 executed). A backward pass that needs input gradients only costs one forward of the projections and MLP and two of
-the attention mixing. prosv-jax's training head runs two [positions x d x V] matmuls on response slots; the
-reference's runs the forward on every position and one backward matmul.
+the attention mixing. prosv-jax's last block computes the response rows only (keys and values at every position) and
+its training head runs two [positions x d x V] matmuls on response slots; the reference's last block and head run
+on every position (the head's forward, then one backward matmul).
 
     python benchmarks/suite.py                     # full suite (~15 minutes on 2 cores)
     python benchmarks/suite.py --quick             # tiny smoke config (seconds)
@@ -28,7 +29,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from forward import (CpuMeter, append_results, axbench_like_examples, benchmark_parser, build_checkpoint, hf_runner,  # noqa: E402
                      jax_runner, machine, pin_cores, use_tiny_shape)
-from forward import block_flops as shape_block_flops  # noqa: E402
+from forward import block_flops as shape_block_flops, stack_flops  # noqa: E402
 from train import jax_side, timed, torch_side  # noqa: E402
 
 
@@ -95,23 +96,16 @@ def train_flops(args, rows: int, length: int, slots: int, first_block: int, back
                 reference: bool = False) -> float:
     """Executed FLOPs of one training step: blocks first_block.. forward, blocks backward_from.. backward (input
     gradients only), and the head (prosv-jax: 2 matmuls on rows*slots; reference: forward on every position plus
-    one backward matmul). prosv-jax's last block computes its rows*slots response rows only (keys and values at
-    every position); the reference's computes every position."""
-    dense, mix = block_flops(args, length)
-    kv = 4 * args.hidden * args.kv_heads * args.head_dim  # key and value projections per position, forward
+    one backward matmul). prosv-jax's last block computes its rows*slots response rows only; the reference's
+    computes every position."""
     positions = rows * length
     last_rows = positions if reference else rows * slots
-
-    def blocks(count: int, mix_factor: int) -> float:
-        """`count` blocks ending with the last one (the backward pass mixes twice)."""
-        if count <= 0:
-            return 0
-        return ((count - 1) * positions * (dense + mix_factor * mix) + positions * kv
-                + last_rows * (dense - kv + mix_factor * mix))
-
+    shape = (args.hidden, args.heads, args.kv_heads, args.head_dim, args.intermediate)
+    forward = stack_flops(*shape, args.layers - first_block, length, positions, last_rows)
+    backward = stack_flops(*shape, args.layers - backward_from, length, positions, last_rows, backward=True)
     head = 2 * args.hidden * args.vocab
     head_flops = head * (2 * positions if reference else 2 * rows * slots)
-    return blocks(args.layers - first_block, 1) + blocks(args.layers - backward_from, 2) + head_flops
+    return forward + backward + head_flops
 
 
 def decode_cost(args, dtype_bytes: int) -> tuple[float, float]:

@@ -120,7 +120,7 @@ def torch_side(directory, dtype, layer, args):
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-        return float(loss)
+        return loss.detach().item()
 
     return step
 

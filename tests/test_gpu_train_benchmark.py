@@ -46,8 +46,10 @@ def test_flop_count_of_gemma_2_2b_counts_each_executed_weight(bench):
     flops = bench.step_flops(cfg, layer=10, runs=1, batch=1, length=T, slots=R)
     attention = 2 * 2 * T * T * 8 * 256
     head = 2 * R * 2304 * 256_000
-    assert flops["forward"] == 15 * (2 * T * matmul + attention) + head  # blocks 11..25 and the head
-    assert flops["backward"] == 15 * (2 * T * matmul + 2 * attention) + head  # activation gradients only
+    kv = 2 * 2304 * 4 * 256  # the key and value weights; the last block uses them at every position
+    last = T * 2 * kv + R * (2 * (matmul - kv)) + R * attention // T  # the rest at the R response rows only
+    assert flops["forward"] == 14 * (2 * T * matmul + attention) + last + head  # blocks 11..25 and the head
+    assert flops["backward"] == 14 * (2 * T * matmul + 2 * attention) + last + R * attention // T + head
     assert bench.step_flops(cfg, 10, 8, 32, T, R)["total"] == 256 * flops["total"]
     assert bench.peak_tflops("NVIDIA H100 80GB HBM3", None) == 989.0
     assert bench.peak_tflops("NVIDIA H200", None) == 989.0
