@@ -391,6 +391,42 @@ def test_last_block_on_response_rows_equals_the_full_forward(pair):
                 np.testing.assert_allclose(g, want_g, rtol=1e-4, atol=1e-6)
 
 
+def _dots(jaxpr):
+    """Every dot_general equation of a jaxpr, nested ones (jit, scan, custom rules) included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield eqn
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    yield from _dots(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    yield from _dots(sub)
+
+
+def test_bfloat16_step_multiplies_bfloat16_operands(pair):
+    """In a bfloat16 model every matmul of the train step, backward pass included, multiplies two bfloat16 operands
+    (XLA:CPU's bfloat16 rate; autodiff alone pairs float32 cotangents with bfloat16 weights), and the gradient stays
+    within bfloat16 rounding of the float32 model's."""
+    _, model = pair
+    graphdef, state = nnx.split(model)
+    model16 = nnx.merge(graphdef, jax.tree.map(lambda a: a.astype(jnp.bfloat16), state))
+    steering = Steering.single(LAYER, SteeringVector(beta=1.0, c=4.0), "f2+l2")
+    params = steering.init_params(jax.random.key(5), model.cfg)
+    data = step_data(pack(examples(*LANG_EXAMPLES, seed=6)))
+    grad = lambda m, p: jax.grad(loss_fn)(p, m, steering, data, StepConfig(vocab_chunk=37))  # noqa: E731
+    params16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    dots = list(_dots(jax.make_jaxpr(grad)(model16, params16).jaxpr))
+    assert len(dots) > 20
+    mixed = [str(e) for e in dots if {v.aval.dtype for v in e.invars} != {jnp.dtype(jnp.bfloat16)}]
+    assert not mixed, mixed[:3]
+    want, got = grad(model, params), jax.jit(grad)(model16, params16)
+    for site in want:
+        g16 = np.asarray(got[site]["v"], np.float32)
+        g32 = np.asarray(want[site]["v"])
+        assert np.linalg.norm(g16 - g32) < 0.05 * np.linalg.norm(g32)
+
+
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("cap", [None, 3.0])
 @pytest.mark.parametrize("vocab_chunk", [10, 1000])  # 97 is prime: chunk 10 pads the head, 1000 takes it whole

@@ -8,6 +8,8 @@ for bfloat16; XLA:CPU only reaches its bfloat16 rate this way.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,9 +20,39 @@ from prosv_jax.models.config import ModelConfig
 F32 = jnp.float32
 
 
-def matmul(equation: str, x: jax.Array, w: jax.Array) -> jax.Array:
-    """einsum with float32 accumulation, returned in x's dtype."""
-    return jnp.einsum(equation, x, w, preferred_element_type=F32).astype(x.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def matmul(equation: str, x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
+    """einsum with float32 accumulation, returned in out_dtype (default: x's dtype).
+
+    Its backward pass multiplies in the operands' dtype too (the cotangent rounded to it, as PyTorch keeps bfloat16
+    gradients), accumulating in float32: autodiff would pair a float32 cotangent with a bfloat16 operand, which
+    XLA:CPU runs at the float32 rate. In float32 the two are the same computation. Every index of `equation` must
+    appear in at least two of its three terms ("btd,df->btf", "bqd,bsd->bqs").
+    """
+    return _einsum(equation, x, w, out_dtype or x.dtype)
+
+
+def _einsum(equation: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+    return jnp.einsum(equation, a, b, preferred_element_type=F32).astype(dtype)
+
+
+def _matmul_fwd(equation, x, w, out_dtype):
+    return _einsum(equation, x, w, out_dtype or x.dtype), (x, w)
+
+
+def _matmul_bwd(equation, out_dtype, residuals, cotangent):
+    x, w = residuals
+    inputs, out = equation.split("->")
+    x_axes, w_axes = inputs.split(",")
+    lonely = [i for i in set(x_axes + w_axes + out) if (i in x_axes) + (i in w_axes) + (i in out) < 2]
+    if lonely:
+        raise ValueError(f"matmul({equation!r}): indices {lonely} appear in one term only; sum them out first")
+    g = cotangent.astype(x.dtype)
+    return (_einsum(f"{out},{w_axes}->{x_axes}", g, w, x.dtype),  # d x
+            _einsum(f"{x_axes},{out}->{w_axes}", x, g, w.dtype))  # d w
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def _normal(rngs: nnx.Rngs, shape, dtype, std: float = 0.02) -> nnx.Param:
@@ -101,12 +133,12 @@ class Attention(nnx.Module):
         B, T, H, D = q.shape
         K = self.num_kv_heads
         q = q.reshape(B, T, K, H // K, D)  # [B, T, K, G, D]
-        logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=F32) * self.scale
+        logits = matmul("btkgd,bskd->bkgts", q, k, F32) * self.scale
         if self.softcap is not None:
             logits = jnp.tanh(logits / self.softcap) * self.softcap
         logits = jnp.where(mask[:, None, None], logits, jnp.finfo(F32).min)  # mask -> [B, 1, 1, T, S]
         probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v, preferred_element_type=F32).astype(v.dtype)
+        out = matmul("bkgts,bskd->btkgd", probs, v)
         out = out.reshape(B, T, H, D)  # [B, T, K, G, D] -> [B, T, H, D]
         out = matmul("bthk,hkd->btd", out, self.o[...])
         if hasattr(self, "o_bias"):
