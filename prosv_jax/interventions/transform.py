@@ -117,10 +117,13 @@ def make_hook(steering: Steering, params: SteeringParams, masks: dict[str, jax.A
     return jax.tree_util.Partial(_hook_function(steering), params, masks)
 
 
-def make_rows_hook(steering: Steering, params: SteeringParams, masks: dict[str, jax.Array],
-                   rows: jax.Array) -> jax.tree_util.Partial:
-    """The hook of `make_hook` for residuals taken at positions rows [B, R] (`Decoder.run_blocks(rows=...)`)."""
-    return make_hook(steering, params, {name: take_rows(mask, rows) for name, mask in masks.items()})
+def response_hooks(steering: Steering, params: SteeringParams, prompt_mask: jax.Array, valid: jax.Array,
+                   rows: jax.Array) -> tuple[jax.tree_util.Partial, jax.tree_util.Partial]:
+    """(hook, rows hook) of a teacher-forced pass over [B, T] tokens that keeps the positions rows [B, R] only:
+    `Decoder.run_blocks(hook=, rows=, rows_hook=)`; the rows hook makes the same edits at those rows."""
+    masks = steering.masks(prompt_mask, valid)  # site -> [B, T]
+    rows_masks = {name: take_rows(mask, rows) for name, mask in masks.items()}  # site -> [B, R]
+    return make_hook(steering, params, masks), make_hook(steering, params, rows_masks)
 
 
 def steered_forward(steering: Steering) -> Callable[..., ForwardOutput]:

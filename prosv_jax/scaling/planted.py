@@ -30,7 +30,7 @@ from flax import nnx
 from prosv_jax.interventions.generation import steered_generate
 from prosv_jax.interventions.io import load_steering
 from prosv_jax.interventions.kinds import SteeringVector
-from prosv_jax.interventions.transform import Steering, SteeringParams, make_hook, make_rows_hook
+from prosv_jax.interventions.transform import Steering, SteeringParams, response_hooks
 from prosv_jax.models.config import ModelConfig
 from prosv_jax.models.decoder import Decoder, positions_from_valid
 from prosv_jax.models.loading import abstract_model
@@ -166,8 +166,7 @@ def _response_logprobs(graphdef, state, steering, params, batch: TrainBatch):
     model = nnx.merge(graphdef, state)
     hook = rows_hook = None
     if steering is not None:
-        masks = steering.masks(batch.prompt_mask, batch.valid)
-        hook, rows_hook = make_hook(steering, params, masks), make_rows_hook(steering, params, masks, batch.target_index)
+        hook, rows_hook = response_hooks(steering, params, batch.prompt_mask, batch.valid, batch.target_index)
     rows, _, _ = model.run_blocks(model.embed(batch.tokens), positions_from_valid(batch.valid), batch.valid,
                                   hook=hook, rows=batch.target_index, rows_hook=rows_hook)  # [B, R, d]
     return jax.nn.log_softmax(model.head(rows), axis=-1)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from prosv_jax.interventions.kinds import SteeringVector
-from prosv_jax.interventions.transform import Steering, SteeringParams, make_hook, make_rows_hook
+from prosv_jax.interventions.transform import Steering, SteeringParams, response_hooks
 from prosv_jax.models.decoder import Decoder, positions_from_valid
 from prosv_jax.training.losses import lang_loss, simpo_loss, token_logprobs
 from prosv_jax.training.optim import group_norms, scale_by_group_lr
@@ -61,9 +61,7 @@ def response_logprobs(model: Decoder, steering: Steering, params: SteeringParams
 
     The last block runs on the rows predicting response tokens only: the loss reads nothing else of it.
     """
-    masks = steering.masks(data.prompt_mask, data.valid)  # site -> [B, T]
-    hook = make_hook(steering, params, masks)
-    rows_hook = make_rows_hook(steering, params, masks, data.target_index)
+    hook, rows_hook = response_hooks(steering, params, data.prompt_mask, data.valid, data.target_index)
     positions = positions_from_valid(data.valid)
     if data.prefix is None:
         hidden, start = model.embed(data.tokens), 0
