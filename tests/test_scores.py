@@ -124,13 +124,24 @@ def test_sample_instructions_is_seeded_by_concept_id():
     draws = {tuple(i for i, _ in sample_instructions(pool, cid)) for cid in range(20)}
     assert len(draws) == 20
     assert len(sample_instructions(pool, 3, n=4)) == 4 and sample_instructions(pool, 3, n=0) == []
-    # the documented sampler, pinned
-    import random
-    assert [i for i, _ in a] == random.Random(17).sample(range(805), 10)
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        sample_instructions(pool, -1)
     with pytest.raises(ValueError, match="cannot sample 11"):
         sample_instructions(pool[:10], 1, n=11)
     with pytest.raises(TypeError, match="integer"):
         sample_instructions(pool, "17")
+
+
+def test_sample_instructions_is_axbench_draw():
+    """AxBench draws ``alpaca_eval_df.sample(10, random_state=concept_id)``; concept 0's indices are in method.md."""
+    pool = [f"instruction {k}" for k in range(805)]
+    assert [i for i, _ in sample_instructions(pool, 0)] == [8, 258, 172, 317, 294, 251, 609, 331, 775, 320]
+    pd = pytest.importorskip("pandas", reason="pandas not installed: the pinned concept-0 indices still checked above")
+    df = pd.DataFrame({"instruction": pool})
+    for cid in (0, 1, 2, 7, 499, 16_000):
+        ref = df.sample(10, random_state=cid)
+        assert sample_instructions(pool, cid) == list(zip(ref.index.tolist(), ref["instruction"].tolist()))
+    assert [i for i, _ in sample_instructions(pool[:37], 3, n=5)] == df.iloc[:37].sample(5, random_state=3).index.tolist()
 
 
 def test_load_alpaca_instructions(tmp_path):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import operator
 import os
-import random
 from typing import Sequence
+
+import numpy as np
 
 
 def load_alpaca_instructions(path: str | os.PathLike) -> list[str]:
@@ -42,12 +43,13 @@ def load_alpaca_instructions(path: str | os.PathLike) -> list[str]:
 def sample_instructions(instructions: Sequence[str], concept_id: int, n: int = 10) -> list[tuple[int, str]]:
     """Pick ``n`` instructions for one concept, seeded by the concept id: ``[(index, text), ...]``.
 
-    The sampler is ``random.Random(concept_id).sample(range(len(instructions)), n)`` (Python's Mersenne Twister,
-    without replacement, in the order drawn): deterministic across runs, platforms and Python versions >= 3.2, and
-    different for different concept ids.  AxBench also seeds its draw with the concept id, but its exact sampler is not
-    reproduced bit-for-bit here, so the chosen instructions generally differ from AxBench's (the protocol, 10
-    instructions per concept seeded by its id, is the same).  Position ``k`` in the returned list is "instruction k" in
-    factor selection (choose on 0-4, report on 5-9).
+    This is AxBench's draw, bit for bit: the reference runs ``alpaca_eval_df.sample(n, random_state=concept_id)`` over
+    the 805 instructions in file order, and pandas implements that as
+    ``np.random.RandomState(concept_id).choice(len(df), n, replace=False)``, i.e. the first ``n`` entries of
+    ``RandomState(concept_id).permutation(len(df))`` (method.md section 4; concept 0 draws 8, 258, 172, 317, ...).
+    Reproducing it with numpy's legacy ``RandomState`` (whose stream numpy keeps stable across versions) avoids a
+    pandas dependency.  Position ``k`` in the returned list is "instruction k" in factor selection (choose on 0-4,
+    report on 5-9).
     """
     try:
         seed = operator.index(concept_id)
@@ -58,5 +60,7 @@ def sample_instructions(instructions: Sequence[str], concept_id: int, n: int = 1
         raise ValueError(f"n must be >= 0, got {n}")
     if n > len(instructions):
         raise ValueError(f"cannot sample {n} instructions from a list of {len(instructions)}")
-    idx = random.Random(seed).sample(range(len(instructions)), n)
-    return [(i, instructions[i]) for i in idx]
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"concept_id must be in [0, 2**32) to seed AxBench's draw, got {seed}")
+    idx = np.random.RandomState(seed).permutation(len(instructions))[:n]
+    return [(int(i), instructions[i]) for i in idx]
