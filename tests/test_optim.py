@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from prosv_jax.interventions import LoReFT, Site, Steering, SteeringVector
-from prosv_jax.training.optim import OptimConfig, make_optimizer, param_labels, schedule_fraction
+from prosv_jax.training.optim import OptimConfig, make_optimizer, param_labels, schedule_fraction, schedule_steps
 
 
 @pytest.mark.parametrize("n", [64, 1024, 4096])
@@ -47,6 +47,13 @@ def test_schedules():
     assert float(schedule_fraction(OptimConfig(schedule="constant"), 10)(7)) == 1.0
     with pytest.raises(ValueError, match="schedule"):
         OptimConfig(schedule="exp")
+    # the horizon: the reference counts micro-steps (rate ends near 1 - 1/accum), "updates" decays to 0
+    assert schedule_steps(OptimConfig(grad_accum=2), 72) == 72
+    assert schedule_steps(OptimConfig(grad_accum=2, decay_over="updates"), 72) == 36
+    assert schedule_steps(OptimConfig(grad_accum=3, decay_over="updates"), 10) == 4
+    assert schedule_steps(OptimConfig(decay_over="updates"), 10) == 10
+    with pytest.raises(ValueError, match="decay_over"):
+        OptimConfig(decay_over="epochs")
     with pytest.raises(ValueError, match="clip_groups"):
         OptimConfig(clip_groups=("alpha",))
 

@@ -21,7 +21,7 @@ from prosv_jax.interventions import Site, Steering, SteeringVector, steered_forw
 from prosv_jax.models.loading import load_model
 from prosv_jax.training.batch import make_batch
 from prosv_jax.training.losses import token_logprobs
-from prosv_jax.training.optim import OptimConfig, make_optimizer, param_labels, schedule_fraction
+from prosv_jax.training.optim import OptimConfig, make_optimizer, param_labels, schedule_fraction, schedule_steps
 from prosv_jax.training.step import (StepConfig, StepData, TrainState, loss_fn, make_train_step, prefix_residuals,
                                      reference_logprob_sums, response_logprobs)
 from prosv_jax.training.trainer import group_program
@@ -227,15 +227,26 @@ def train_batches():
     return [examples(p, r, seed=10 + i) for i, (p, r) in enumerate(shapes)]
 
 
-def torch_training(torch_model, params, spec, order, grad_accum, updates_total):
-    """The reference loop: Adam groups {v}, {alpha}; clip v only; linear decay to 0, no warm-up."""
+def torch_objective_loss(torch_model, exs, edits, objective):
+    """The batch's Lang loss, or its scaled-SimPO loss (rows: P positives then their P negatives)."""
+    if objective == "lang":
+        return torch_lang_loss(torch_model, exs, edits)
+    with torch.no_grad():
+        ref, _ = torch_response_sums(torch_model, exs, [])
+    pi, lengths = torch_response_sums(torch_model, exs, edits)
+    return torch_simpo_loss(pi, lengths, ref)
+
+
+def torch_training(torch_model, params, spec, order, grad_accum, horizon, objective="lang"):
+    """The reference loop: Adam groups {v}, {alpha}; clip v only; linear decay, no warm-up, over `horizon` scheduler
+    steps, stepped once per update (the reference's horizon is every micro-batch: len(order))."""
     alpha, v = to_torch(params)
     opt = torch.optim.Adam([{"params": [v], "lr": ETA_V}, {"params": [alpha], "lr": ETA_ALPHA}],
                            betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    sched = transformers.get_linear_schedule_with_warmup(opt, 0, updates_total)
+    sched = transformers.get_linear_schedule_with_warmup(opt, 0, horizon)
     losses, norms = [], []
     for i, exs in enumerate(order):
-        loss = torch_lang_loss(torch_model, exs, [(LAYER, spec, alpha, v)])
+        loss = torch_objective_loss(torch_model, exs, [(LAYER, spec, alpha, v)], objective)
         (loss / grad_accum).backward()
         losses.append(loss.item())
         if (i + 1) % grad_accum == 0:
@@ -243,22 +254,28 @@ def torch_training(torch_model, params, spec, order, grad_accum, updates_total):
             opt.step()
             sched.step()
             opt.zero_grad()
+    assert sched.get_last_lr()[1] == pytest.approx(ETA_ALPHA * (1 - (len(order) // grad_accum) / horizon))
     return alpha.detach().numpy(), v.detach().numpy(), np.asarray(losses), np.asarray(norms)
 
 
-def jax_training(model, steering, params, order, optim: OptimConfig, updates_total):
-    """One run: make_optimizer + make_train_step, jitted, one batch per call. -> (final params, losses, norms)."""
+def jax_training(model, steering, params, order, optim: OptimConfig, horizon, objective="lang"):
+    """One run: make_optimizer + make_train_step, jitted, one batch per call (SimPO: with the unsteered model's
+    response log-prob sums as the batch's reference, as the Trainer caches them). -> (final params, losses, norms)."""
     labels = param_labels(steering, params)
-    tx = make_optimizer(optim, labels, updates_total)
-    step = make_train_step(steering, StepConfig("lang"), tx, labels, schedule_fraction(optim, updates_total),
+    tx = make_optimizer(optim, labels, horizon)
+    step = make_train_step(steering, StepConfig(objective), tx, labels, schedule_fraction(optim, horizon),
                            optim.grad_accum)
+    reference = jax.jit(reference_logprob_sums)
     graphdef, model_state = nnx.split(model)
     lrs = {"factor": jnp.float32(ETA_ALPHA), "direction": jnp.float32(ETA_V), "other": jnp.float32(0.0)}
     run = jax.jit(lambda ms, state, data: step(nnx.merge(graphdef, ms), state, lrs, data))
     state = TrainState(params, tx.init(params), jnp.int32(0), jnp.bool_(True))
     metrics = []
     for exs in order:
-        state, m = run(model_state, state, step_data(pack(exs)))
+        data = step_data(pack(exs))
+        if objective == "simpo":
+            data = data._replace(reference=reference(model, data))
+        state, m = run(model_state, state, data)
         metrics.append(jax.device_get(m))
     assert bool(state.alive) and int(state.step) == len(order)
     return (state.params, np.asarray([m["loss"] for m in metrics]),
@@ -290,33 +307,62 @@ def jax_group_training(model, steering, params, order, optim: OptimConfig, updat
     return jax.tree.map(lambda x: x[0], state.params), losses[:, 0], norms[:, 0]
 
 
-@pytest.mark.parametrize("grad_accum", [1, 2])
-def test_optimizer_recipe_matches_torch_adam_loop(pair, grad_accum):
-    """8 steps over 3 batches. Llama (PrOSV f2+l2): make_train_step for one run; grad_accum=2: torch backprops
-    loss/2 per micro-batch and steps every 2 (the mean gradient, as optax.MultiSteps). Gemma-2 (FSSV): the
-    Trainer's vmapped program. One compiled step per case (compile time)."""
+def test_optimizer_recipe_matches_torch_adam_loop(pair):
+    """8 steps over 3 batches, no accumulation. Llama (PrOSV f2+l2): make_train_step for one run. Gemma-2 (FSSV):
+    the Trainer's vmapped program. One compiled step per case (compile time)."""
     torch_model, model = pair
     gemma = model.cfg.final_softcap is not None
-    if grad_accum > 1 and gemma:
-        pytest.skip("the accumulation variant runs on the Llama model only (compile time)")
     spec = "all" if gemma else "f2+l2"
-    kind, params = sv_params(model, seed=42, beta=1.0 + grad_accum, c=1.0)  # v's gradient norm crosses 1
+    kind, params = sv_params(model, seed=42, beta=2.0, c=1.0)  # v's gradient norm crosses 1
     steering = Steering.single(LAYER, kind, spec)
     batches = train_batches()
     order = [batches[i % len(batches)] for i in range(STEPS)]
-    updates_total = STEPS // grad_accum
-    optim = OptimConfig(factor_lr=ETA_ALPHA, direction_lr=ETA_V, grad_accum=grad_accum)
+    optim = OptimConfig(factor_lr=ETA_ALPHA, direction_lr=ETA_V)
 
-    alpha_t, v_t, losses_t, norms_t = torch_training(torch_model, params[f"layer{LAYER}"], spec, order, grad_accum,
-                                                     updates_total)
+    alpha_t, v_t, losses_t, norms_t = torch_training(torch_model, params[f"layer{LAYER}"], spec, order, 1, STEPS)
     train = jax_group_training if gemma else jax_training
-    final, losses, micro_norms = train(model, steering, params, order, optim, updates_total)
+    final, losses, norms = train(model, steering, params, order, optim, schedule_steps(optim, STEPS))
 
     np.testing.assert_allclose(losses, losses_t, rtol=1e-5, atol=1e-5)
     assert (norms_t > 1.0).any() and (norms_t < 1.0).any(), norms_t  # both sides of the clip
-    assert (micro_norms > 1.0).any()
-    if grad_accum == 1:
-        np.testing.assert_allclose(micro_norms, norms_t, rtol=1e-4)
+    np.testing.assert_allclose(norms, norms_t, rtol=1e-4)
+    final = final[f"layer{LAYER}"]
+    assert abs(float(final["alpha"]) - float(params[f"layer{LAYER}"]["alpha"])) > 0.05, "alpha must move"
+    np.testing.assert_allclose(float(final["alpha"]), alpha_t, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(final["v"]), v_t, rtol=1e-4, atol=1e-5)
+
+
+def simpo_train_batches():
+    return [simpo_examples(seed=3 + 10 * i) for i in range(3)]
+
+
+@pytest.mark.parametrize("pair", ["llama_gqa_untied"], indirect=True)  # one model: compile time
+@pytest.mark.parametrize("objective, decay_over", [("lang", "micro_steps"), ("lang", "updates"),
+                                                   ("simpo", "micro_steps")])
+def test_accumulated_recipe_matches_torch_adam_loop(pair, objective, decay_over):
+    """grad_accum 2 (the released Qwen2.5-32B SimPO row), 8 micro-steps over 3 batches, PrOSV f2+l2: torch backprops
+    loss/2 per micro-batch and steps every 2 (the mean gradient, as optax.MultiSteps). The reference schedule
+    ("micro_steps") is get_linear_schedule_with_warmup(opt, 0, 8 micro-steps) stepped once per update, so it ends at
+    1 - 4/8 of the peak; "updates" decays to 0 over the 4 updates. SimPO: positives and negatives in one batch, the
+    unsteered model's log-prob sums as reference (torch recomputes them)."""
+    torch_model, model = pair
+    grad_accum = 2
+    kind, params = sv_params(model, seed=42, beta=3.0, c=1.0)  # v's gradient norm crosses 1
+    steering = Steering.single(LAYER, kind, "f2+l2")
+    batches = train_batches() if objective == "lang" else simpo_train_batches()
+    order = [batches[i % len(batches)] for i in range(STEPS)]
+    optim = OptimConfig(factor_lr=ETA_ALPHA, direction_lr=ETA_V, grad_accum=grad_accum, decay_over=decay_over)
+    horizon = STEPS if decay_over == "micro_steps" else STEPS // grad_accum
+    assert schedule_steps(optim, STEPS) == horizon
+
+    alpha_t, v_t, losses_t, norms_t = torch_training(torch_model, params[f"layer{LAYER}"], "f2+l2", order, grad_accum,
+                                                     horizon, objective)
+    final, losses, micro_norms = jax_training(model, steering, params, order, optim, horizon, objective)
+
+    np.testing.assert_allclose(losses, losses_t, rtol=1e-5, atol=1e-5)
+    if objective == "lang":
+        assert (norms_t > 1.0).any() and (norms_t < 1.0).any(), norms_t  # both sides of the clip
+        assert (micro_norms > 1.0).any()
     final = final[f"layer{LAYER}"]
     assert abs(float(final["alpha"]) - float(params[f"layer{LAYER}"]["alpha"])) > 0.05, "alpha must move"
     np.testing.assert_allclose(float(final["alpha"]), alpha_t, rtol=1e-4, atol=1e-5)

@@ -1,11 +1,11 @@
 """Parameter-grouped Adam for steering params (method.md section 2).
 
 Each parameter belongs to a group: "factor" (alpha), "direction" (v), "other" (e.g. LoReFT) or "frozen". Every
-group gets Adam (0.9, 0.999, 1e-8, no weight decay) and a schedule (`optimizer="sgd"`: plain gradient descent
-instead of Adam, a baseline for scaling studies); clipping applies to the groups named (the
-direction only, by default: clipping both breaks the scaling). The optax chain yields unit-learning-rate
-updates and the learning rates multiply them afterwards, as data, so a vmapped grid can give every run its own
-rates without recompiling. Width scaling turns width-free base rates into eta_alpha = base * n^(+1/2) and
+group gets Adam (0.9, 0.999, 1e-8, no weight decay; `optimizer="sgd"`: plain gradient descent instead, a baseline
+for scaling studies) and a schedule (linear decay by default, over the horizon the reference uses: see
+`schedule_steps`); clipping applies to the groups named (the direction only, by default: clipping both breaks the
+scaling). The optax chain yields unit-learning-rate updates and the learning rates multiply them afterwards, as
+data, so a vmapped grid can give every run its own rates without recompiling. Width scaling turns width-free base rates into eta_alpha = base * n^(+1/2) and
 eta_v = base * n^(-1/2) (exponents configurable).
 """
 
@@ -23,6 +23,7 @@ from prosv_jax.interventions.transform import Steering, SteeringParams
 
 GROUPS = ("factor", "direction", "other")
 SCHEDULES = ("linear", "constant", "cosine")
+DECAY_HORIZONS = ("micro_steps", "updates")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -36,9 +37,12 @@ class OptimConfig:
     eps: float = 1e-8
     clip_norm: float | None = 1.0
     clip_groups: tuple[str, ...] = ("direction",)
-    schedule: str = "linear"  # linear decay to 0 (default), constant or cosine
-    warmup_steps: int = 0
+    schedule: str = "linear"  # linear decay (default), constant or cosine
+    warmup_steps: int = 0  # in optimizer updates
     grad_accum: int = 1
+    # The schedule's horizon (see `schedule_steps`): "micro_steps", as the reference runs it (ends at about
+    # 1 - 1/grad_accum of the peak under accumulation), or "updates" (decays to exactly 0 at the last update).
+    decay_over: str = "micro_steps"
     width_scaling: bool = False  # treat the learning rates as width-free bases
     factor_lr_exponent: float = 0.5
     direction_lr_exponent: float = -0.5
@@ -52,6 +56,8 @@ class OptimConfig:
         unknown = set(self.clip_groups) - set(GROUPS)
         if unknown:
             raise ValueError(f"clip_groups {sorted(unknown)} are not groups; groups: {GROUPS}")
+        if self.decay_over not in DECAY_HORIZONS:
+            raise ValueError(f"decay_over must be one of {DECAY_HORIZONS}, got {self.decay_over!r}")
         if self.grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
 
@@ -78,8 +84,22 @@ def param_labels(steering: Steering, params: SteeringParams) -> dict:
     return labels
 
 
+def schedule_steps(config: OptimConfig, micro_steps: int) -> int:
+    """The schedule's horizon (its ``num_training_steps``) for a run of ``micro_steps`` micro-batches.
+
+    The reference builds ``get_linear_schedule_with_warmup(opt, 0, epochs * len(dataloader))``, counting
+    micro-batches, but calls ``scheduler.step()`` once per optimizer update: with ``grad_accum`` > 1 the rate
+    therefore ends at about ``1 - 1/grad_accum`` of the peak, not 0 (method.md section 3). ``decay_over="micro_steps"``
+    reproduces that; ``"updates"`` uses the number of updates, so the rate decays to 0. Equal when grad_accum is 1.
+    """
+    if config.decay_over == "micro_steps":
+        return micro_steps
+    return -(-micro_steps // config.grad_accum)
+
+
 def schedule_fraction(config: OptimConfig, total_steps: int):
-    """count -> multiplier of the peak rate (count = optimizer updates already applied)."""
+    """count -> multiplier of the peak rate (count = optimizer updates already applied; total_steps = the horizon,
+    see `schedule_steps`)."""
     warmup = config.warmup_steps
     decay_steps = max(total_steps - warmup, 1)
 

@@ -37,7 +37,8 @@ from prosv_jax.models.sharding import ShardingRules, batch_sharding, partition_s
 from prosv_jax.training.batch import TrainBatch
 from prosv_jax.training.checkpoint import RunCheckpoints
 from prosv_jax.training.data import TrainDataset, batch_indices, steps_per_epoch
-from prosv_jax.training.optim import OptimConfig, make_optimizer, param_labels, schedule_fraction
+from prosv_jax.training.optim import (OptimConfig, make_optimizer, param_labels, schedule_fraction,
+                                     schedule_steps)
 from prosv_jax.training.step import (StepConfig, StepData, TrainState, make_train_step, prefix_residuals,
                                      reference_logprob_sums)
 
@@ -347,10 +348,9 @@ class Trainer:
         if len({self._total_steps(self.datasets[r.dataset]) for r in group}) > 1:
             raise ValueError("runs trained together need datasets of equal size (same number of steps)")
         params = [self._init_params(r) for r in group]
-        updates_total = -(-total // self.optim.grad_accum)
         graphdef, model_state = nnx.split(self.model)
         tx, run_step = group_program(graphdef, self.model.cfg, self.steering, self.step_config, self.optim,
-                                     updates_total, self.mesh, self.rules, self.config.runs_per_chunk)
+                                     schedule_steps(self.optim, total), self.mesh, self.rules, self.config.runs_per_chunk)
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
         state = TrainState(stacked, jax.vmap(tx.init)(stacked), jnp.zeros(len(group), jnp.int32),
                            jnp.ones(len(group), bool))
@@ -420,18 +420,18 @@ class Trainer:
 
 @functools.lru_cache(maxsize=16)
 def group_program(graphdef, model_cfg, steering: Steering, step_config: StepConfig, optim: OptimConfig,
-                  updates_total: int, mesh: Mesh | None = None, rules: ShardingRules = ShardingRules(),
+                  horizon: int, mesh: Mesh | None = None, rules: ShardingRules = ShardingRules(),
                   runs_per_chunk: int = 0):
     """(optimizer, jit(step over the group's runs)) for a group; cached, so every group of a grid shares one program.
 
     The runs are vmapped `runs_per_chunk` at a time and the chunks run in a loop inside the program (0 = auto, see
     TrainConfig). The learning rates and the init are data, so runs that differ only in them compile once. The
     train state's buffers are donated. On a mesh, the new state leaves the step laid out by `runs_sharding`, as it
-    came in, so the next step reuses the program.
+    came in, so the next step reuses the program. `horizon`: the schedule's length (`optim.schedule_steps`).
     """
     labels = param_labels(steering, jax.eval_shape(lambda: steering.init_params(jax.random.key(0), model_cfg)))
-    tx = make_optimizer(optim, labels, updates_total)
-    step_fn = make_train_step(steering, step_config, tx, labels, schedule_fraction(optim, updates_total),
+    tx = make_optimizer(optim, labels, horizon)
+    step_fn = make_train_step(steering, step_config, tx, labels, schedule_fraction(optim, horizon),
                               optim.grad_accum)
 
     if runs_per_chunk == 0:
