@@ -153,6 +153,41 @@ def test_axbench_positives_examples_and_negatives(tmp_path):
         axbench.require_negatives("")
 
 
+def test_responses_are_cut_as_the_reference_cuts_them(tmp_path):
+    """Lang trains on whole responses by default (the reference's Lang path), data.max_response keeps a cut; SimPO cuts
+    positives and negatives at data.simpo_max_response = 128 (the reference's SimPO path). method.md section 3."""
+    from transformers import AutoTokenizer
+
+    from prosv_jax.builtin import builtin_model_dir
+    from prosv_jax.commands.train import build_datasets
+    from prosv_jax.config import resolve
+    from prosv_jax.data import axbench
+
+    tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir())
+    pairs = axbench.concept_positives(SPLIT, 0)
+    full = np.array([len(tokenizer(o, add_special_tokens=False)["input_ids"]) for _, o in pairs])
+    assert (full > 128).sum() > 10, full  # the cut matters on this data
+
+    def lengths(*overrides):
+        datasets, _ = build_datasets(resolve(TINY_PROSV, list(overrides)), tokenizer)
+        d = datasets["c0"]
+        return (d.positives.target_mask.sum(1),
+                None if d.negatives is None else d.negatives.target_mask.sum(1))
+
+    pos, neg = lengths()
+    np.testing.assert_array_equal(pos, full)
+    assert neg is None
+    np.testing.assert_array_equal(lengths("--config.data.max_response=64")[0], np.minimum(full, 64))
+    negatives = tmp_path / "negatives.jsonl"
+    answer = " ".join(["plain"] * 300)
+    negatives.write_text("".join(json.dumps({"concept_id": 0, "instruction": i, "output": answer}) + "\n"
+                                 for i, _ in pairs))
+    pos, neg = lengths("--config.objective=simpo", f"--config.data.negatives={negatives}")
+    np.testing.assert_array_equal(pos, np.minimum(full, 128))
+    n_neg = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    assert n_neg > 128 and (neg == 128).all()
+
+
 def test_bad_input_is_a_clear_cli_error(tmp_path, capsys):
     import pandas as pd
 

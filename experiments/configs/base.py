@@ -8,10 +8,14 @@ Fields:
                     kind (steering_vector | loreft), beta, c, lam, init (uniform | normal), unit_norm,
                     train_factor, rank (LoReFT)
   data.*            split_dir (AxBench prod_<model>_<layer>_v1 folder or its generate/), concept_ids ([] = every
-                    concept of the split), max_response, negatives (SimPO's JSONL, "" = none), chat
+                    concept of the split), max_response (Lang's response cut in tokens; 0 = whole responses, as
+                    the reference trains), simpo_max_response (SimPO's cut: 128, as the reference), negatives
+                    (SimPO's JSONL, "" = none), chat
   objective         lang | simpo
   vocab_chunk       vocabulary chunk of the loss (never materialise full logits)
-  optim.*           every OptimConfig field (learning rates, Adam, clipping, schedule, accumulation, width scaling)
+  optim.*           every OptimConfig field (learning rates, Adam, clipping, schedule, accumulation, width scaling);
+                    decay_over: micro_steps (the reference's horizon: under grad_accum the rate ends at about
+                    1 - 1/grad_accum of the peak) | updates (decays to 0)
   train.*           epochs, batch_size, prefix_cache (device | host | off), runs_per_program, runs_per_chunk
                     (runs vmapped at once inside a program; 0 = auto: 1 on one CPU, all elsewhere), param_dtype,
                     checkpoint_every (micro-steps; 0 = per group), blowup_loss, progress
@@ -47,12 +51,13 @@ def get_config() -> ml_collections.ConfigDict:
         layer=10, positions="f2+l2", kind="steering_vector", beta=2.0, c=1.0, lam=1.0, init="uniform",
         unit_norm=False, train_factor=True, rank=4))
     c.data = ml_collections.ConfigDict(dict(
-        split_dir="", concept_ids=[], max_response=128, negatives="", chat=True))
+        split_dir="", concept_ids=[], max_response=0, simpo_max_response=128, negatives="", chat=True))
     c.objective = "lang"
     c.vocab_chunk = 8192
     c.optim = ml_collections.ConfigDict(dict(
         factor_lr=1.0, direction_lr=4e-2, other_lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, clip_norm=1.0,
-        clip_groups=["direction"], schedule="linear", warmup_steps=0, grad_accum=1, width_scaling=False,
+        clip_groups=["direction"], schedule="linear", warmup_steps=0, grad_accum=1, decay_over="micro_steps",
+        width_scaling=False,
         factor_lr_exponent=0.5, direction_lr_exponent=-0.5))
     c.train = ml_collections.ConfigDict(dict(
         epochs=12, batch_size=12, prefix_cache="device", runs_per_program=4, runs_per_chunk=0, param_dtype="bfloat16",
@@ -66,7 +71,11 @@ def get_config() -> ml_collections.ConfigDict:
 def paper_config(*, name: str, layer: int, objective: str, positions: str, beta: float, factor_lr: float,
                  c: float, direction_lr: float, epochs: int, batch_size: int, grad_accum: int = 1,
                  split_dir: str = "") -> ml_collections.ConfigDict:
-    """One row of method.md's table of released hyperparameters; the model path is for the user to set."""
+    """One row of method.md's table of released hyperparameters; the model path is for the user to set.
+
+    The rest follows the reference code, from `get_config`: Lang on whole responses, SimPO cut at 128 tokens, and
+    under grad_accum the linear schedule's horizon counts micro-steps (it ends at about 1 - 1/grad_accum of the peak).
+    """
     config = get_config()
     config.model.name = name
     config.steering.layer = layer

@@ -136,6 +136,14 @@ def make_runs(config, concept_ids) -> list:
     return runs
 
 
+def response_cut(config) -> int | None:
+    """The response cut of the config's objective in tokens, None for none: the reference trains Lang on whole
+    responses and cuts at 128 on its SimPO path only (method.md section 3); data.max_response (0 = none) and
+    data.simpo_max_response set them."""
+    cut = config.data.simpo_max_response if config.objective == "simpo" else config.data.max_response
+    return cut or None
+
+
 def build_datasets(config, tokenizer) -> tuple[dict, list[int]]:
     """{"c<id>": TrainDataset} for every concept of the config, and the concept ids."""
     from prosv_jax.data import axbench
@@ -145,16 +153,16 @@ def build_datasets(config, tokenizer) -> tuple[dict, list[int]]:
     ids = [int(i) for i in d.concept_ids] or axbench.concept_ids(d.split_dir)
     negatives = axbench.require_negatives(d.negatives) if config.objective == "simpo" else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    cut = response_cut(config)
     datasets = {}
     for cid in ids:
         positives = axbench.concept_positives(d.split_dir, cid)
         neg_examples = None
         if negatives:
             neg_pairs = axbench.concept_negatives(negatives, cid, positives)
-            neg_examples = axbench.lang_examples(tokenizer, neg_pairs, d.max_response, d.chat)
+            neg_examples = axbench.lang_examples(tokenizer, neg_pairs, cut, d.chat)
         datasets[f"c{cid}"] = TrainDataset.from_examples(
-            axbench.lang_examples(tokenizer, positives, d.max_response, d.chat), neg_examples,
-            max_response=d.max_response, pad_id=pad_id)
+            axbench.lang_examples(tokenizer, positives, cut, d.chat), neg_examples, max_response=cut, pad_id=pad_id)
     return datasets, ids
 
 

@@ -125,10 +125,13 @@ def require_negatives(negatives: str | os.PathLike | None) -> str:
     return os.fspath(negatives)
 
 
-def lang_examples(tokenizer, pairs: Sequence[Pair], max_response: int = 128, chat: bool = True
+def lang_examples(tokenizer, pairs: Sequence[Pair], max_response: int | None = None, chat: bool = True
                   ) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, response ids) per pair: the prompt chat-templated with BOS and generation prompt (or plainly
-    encoded with `chat=False`), the response encoded without special tokens, cut to `max_response`, no EOS."""
+    encoded with `chat=False`), the response encoded without special tokens, no EOS, cut to `max_response` tokens
+    (None: whole; the reference cuts at 128 on its SimPO path only, method.md section 3)."""
+    if max_response is not None and max_response < 1:
+        raise ValueError(f"max_response must be a positive number of tokens or None (no cut), got {max_response}")
     from prosv_jax.inference.prompts import prompt_ids
 
     examples = []

@@ -30,16 +30,19 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def make_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, max_response: int = 128,
+def make_batch(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, max_response: int | None = None,
                pad_id: int = 0, length: int | None = None, response_slots: int | None = None,
                multiple: int = 16) -> TrainBatch:
-    """Packs (prompt ids, response ids) pairs; responses are cut to `max_response` tokens and get no EOS.
+    """Packs (prompt ids, response ids) pairs; responses get no EOS and are cut to `max_response` tokens (None: kept
+    whole, as the reference trains Lang).
 
     `length` and `response_slots` fix T and R (so every batch of a dataset has one shape and compiles once);
     by default they are the batch's own maxima rounded up to `multiple`.
     """
     if not examples:
         raise ValueError("cannot make a batch from zero examples")
+    if max_response is not None and max_response < 1:
+        raise ValueError(f"max_response must be a positive number of tokens or None (no cut), got {max_response}")
     cut = [(list(p), list(r)[:max_response]) for p, r in examples]
     for i, (prompt, response) in enumerate(cut):
         if not prompt or not response:

@@ -26,7 +26,7 @@ class TrainDataset:
 
     @classmethod
     def from_examples(cls, positives: Sequence[Example], negatives: Sequence[Example] | None = None, *,
-                      max_response: int = 128, pad_id: int = 0, multiple: int = 16) -> "TrainDataset":
+                      max_response: int | None = None, pad_id: int = 0, multiple: int = 16) -> "TrainDataset":
         if not positives:
             raise ValueError("empty training set: no examples were given")
         if negatives is not None and len(negatives) != len(positives):
