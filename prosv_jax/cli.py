@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prosv_jax.commands import axbench, demo, generate, train
+from prosv_jax.commands import axbench, demo, generate, models, train
+from prosv_jax.models.hf_config import accept_config_fields
 
-COMMANDS = (demo, generate, train, axbench)
+COMMANDS = (demo, generate, train, axbench, models)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,11 +17,26 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.add_parser(subparsers)
+    for leaf in _leaf_parsers(parser):
+        leaf.add_argument("--accept-config-field", action="append", default=[], metavar="NAME",
+                          help="accept a model config.json field that prosv-jax does not know, as one that does not "
+                               "change the model's math (repeatable)")
     return parser
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser):
+    """The parsers that run a command (those without sub-commands of their own)."""
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not actions:
+        yield parser
+    for action in actions:
+        for child in dict.fromkeys(action.choices.values()):
+            yield from _leaf_parsers(child)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    accept_config_fields(getattr(args, "accept_config_field", ()))
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, KeyError) as error:  # user errors: a message, not a traceback

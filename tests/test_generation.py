@@ -127,7 +127,8 @@ def test_cli_help_and_the_builtin_model(tmp_path, monkeypatch, capsys):
 
 def test_cli_reports_a_missing_model_directory(tmp_path, capsys):
     assert cli.main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "hi"]) == 2
-    assert "config.json not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "nope' not found" in err and "a .gguf file" in err and "smollm2-135m-instruct" in err
 
 
 def test_cli_generate_applies_a_saved_steering(gemma_dir, tmp_path, capsys):

@@ -19,6 +19,8 @@ import argparse
 import os
 import sys
 
+from prosv_jax.models.sources import model_names_help
+
 
 def _ids(text: str | None) -> list[int] | None:
     if not text:
@@ -42,7 +44,7 @@ def _scales(text: str | None) -> list[float] | None:
 
 
 def _add_generation_args(p, with_factors: bool = True) -> None:
-    p.add_argument("--model", required=True, help="local HF model folder, or 'builtin' (the offline tiny model)")
+    p.add_argument("--model", required=True, help=model_names_help())
     p.add_argument("--runs", metavar="TRAIN_OUT", help="output folder of `prosv-jax train` (the steerings)")
     p.add_argument("--instructions", required=True, metavar="PATH", help="AlpacaEval instructions.json")
     p.add_argument("--out", required=True, metavar="DIR")
@@ -74,6 +76,13 @@ def _add_judge_args(p) -> None:
                                       "the key is read from $PROSV_JUDGE_API_KEY or $OPENAI_API_KEY only")
     p.add_argument("--cache", metavar="DIR", help="judge cache (default: <out>/cache)")
     p.add_argument("--rubric", metavar="FILE", help="rubric templates JSON (e.g. the official AxBench ones)")
+    p.add_argument("--judge-temperature", type=float, default=0.01,
+                   help="openai: sampling temperature (default 0.01, the paper's code; AxBench's code uses 0.7)")
+    p.add_argument("--judge-max-tokens", type=int, default=500,
+                   help="openai: most completion tokens per reply (default 500, the paper's code)")
+    p.add_argument("--rating-parse", choices=("paper", "axbench"), default="paper",
+                   help="paper: the last 'Rating: [[N]]', 0 when none (the paper's code, default); axbench: "
+                        "AxBench's lenient parse (text after the last 'Rating:', any float in [0, 2])")
     p.add_argument("--max-concurrency", type=int, default=8)
     p.add_argument("--max-retries", type=int, default=6)
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
@@ -85,7 +94,8 @@ def _add_judge_args(p) -> None:
 def _openai_kwargs(args, cache: str) -> dict:
     return dict(model=args.judge_model, base_url=args.base_url, cache_dir=cache,
                 max_concurrency=args.max_concurrency, max_retries=args.max_retries, timeout=args.timeout,
-                backoff_base=args.backoff_base)
+                backoff_base=args.backoff_base, temperature=args.judge_temperature,
+                max_tokens=args.judge_max_tokens)
 
 
 def build_judge(args, cache: str):
@@ -94,12 +104,14 @@ def build_judge(args, cache: str):
 
     templates = load_rubric_templates(args.rubric) if args.rubric else None
     if args.judge == "openai":
-        return OpenAIJudge(templates=templates, **_openai_kwargs(args, cache))
+        return OpenAIJudge(templates=templates, parse=args.rating_parse, **_openai_kwargs(args, cache))
     if not args.judge_model:
-        raise ValueError("--judge local needs --judge-model DIR (a prosv-jax model folder, or 'builtin')")
+        raise ValueError("--judge local needs --judge-model DIR (a model folder, .gguf file, known model name, or 'builtin')")
     generate, model_dir = local_generate_fn(args.judge_model, batch_size=args.judge_batch_size,
                                             max_new_tokens=args.judge_max_new_tokens)
-    return LocalJudge(generate, model_dir, cache_dir=cache, templates=templates, batch_size=args.judge_batch_size)
+    return LocalJudge(generate, model_dir, cache_dir=cache, templates=templates, batch_size=args.judge_batch_size,
+                      sampling={"max_new_tokens": args.judge_max_new_tokens, "temperature": 0.0},
+                      parse=args.rating_parse)
 
 
 def _settings(args, **extra):

@@ -1,19 +1,21 @@
-"""`prosv-jax generate`: answers to prompts from a local HF model directory (or the built-in tiny model)."""
+"""`prosv-jax generate`: answers to prompts from any model source (HF folder, GGUF file, known or built-in name)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+
+from prosv_jax.models.sources import model_names_help
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "generate", help="generate answers to prompts with a local HF model",
-        description="Generate with a local HF model directory (config.json, safetensors, tokenizer). "
-                    "Temperature 0 is greedy.")
-    parser.add_argument("--model", default="builtin",
-                        help="HF model directory, or 'builtin' for the offline tiny model (default: builtin)")
+        "generate", help="generate answers to prompts",
+        description="Generate with a local model (a HF folder, a GGUF file, a known model name or the built-in "
+                    "tiny model). Temperature 0 is greedy.")
+    parser.add_argument("--model", default="builtin", help=f"{model_names_help()} (default: builtin)")
     parser.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for a batch")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -39,16 +41,19 @@ def generate_texts(model_dir: str, prompts: list[str], *, max_new_tokens: int, t
     import jax.numpy as jnp
     from transformers import AutoTokenizer
 
-    from prosv_jax.builtin import builtin_model_dir
     from prosv_jax.inference.generate import generate
     from prosv_jax.inference.prompts import decode_answers, encode_prompts, stop_token_ids
     from prosv_jax.inference.sampling import SamplingConfig
     from prosv_jax.interventions import load_steering, steering_hooks
     from prosv_jax.models.loading import load_model
 
-    model_dir = builtin_model_dir() if model_dir == "builtin" else model_dir
+    from prosv_jax.models.sources import resolve_model_dir
+
     if steer_factor is not None and steer is None:
         raise ValueError("--steer-factor needs --steer PATH (a saved steering to rescale)")
+    if steer_factor is not None and not math.isfinite(steer_factor):
+        raise ValueError(f"--steer-factor must be a finite number, not {steer_factor}")
+    model_dir = resolve_model_dir(model_dir)
     model = load_model(model_dir, getattr(jnp, dtype))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     batch = encode_prompts(tokenizer, prompts, chat=chat)

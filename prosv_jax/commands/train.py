@@ -76,20 +76,23 @@ def _fmt(x: float) -> str:
 
 
 def _check_model_path(config) -> None:
+    from prosv_jax.models.sources import KNOWN_MODELS, TINY_NAMES, model_names_help
+
     path = config.model.path
     if not path:
         hint = f"/path/to/{config.model.name}" if config.model.name else "/path/to/model"
-        raise ValueError(f"model.path is not set: pass --config.model.path={hint} (a local HF model folder: "
-                         "config.json, safetensors, tokenizer), or 'builtin' for the offline tiny model")
-    if path != "builtin" and not os.path.isdir(path):
-        raise FileNotFoundError(f"model.path {path} is not a folder")
+        raise ValueError(f"model.path is not set: pass --config.model.path={hint} ({model_names_help()})")
+    named = path in KNOWN_MODELS or path in TINY_NAMES
+    if not named and not (os.path.isdir(path) or (path.endswith(".gguf") and os.path.isfile(path))):
+        raise FileNotFoundError(f"model.path {path} is neither a folder, a .gguf file nor a known model name "
+                                f"({model_names_help()})")
 
 
 def _model_dir(config) -> str:
-    from prosv_jax.builtin import builtin_model_dir
+    from prosv_jax.models.sources import resolve_model_dir
 
     _check_model_path(config)
-    return builtin_model_dir() if config.model.path == "builtin" else config.model.path
+    return resolve_model_dir(config.model.path)
 
 
 def make_steering(config):

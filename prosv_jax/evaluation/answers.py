@@ -181,10 +181,10 @@ def run_generate(s: GenerateSettings, attack: Callable[[dict], dict] | None = No
     """
     import jax
 
-    from prosv_jax.builtin import builtin_model_dir
+    from prosv_jax.models.sources import resolve_model_dir
 
     _check(s)
-    model_dir = builtin_model_dir() if s.model == "builtin" else os.path.abspath(s.model)
+    model_dir = resolve_model_dir(s.model)
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"model folder {s.model} not found")
     runs = find_runs(s.runs) if s.runs else []

@@ -2,7 +2,9 @@
 
 Output folder (default `<generations>/ratings`):
 
-- `judge.json`: the judge's settings (never a key) and the generations folder;
+- `judge.json`: the judge's settings (never a key: model, sampling settings, rubric source and hash, rating parse) and
+  the generations folder. A folder holds one judge's ratings: a rerun with another judge (or on other generations)
+  is refused;
 - `c<concept id>.jsonl`: the generation records plus `ratings` ({"concept": 0-2, "instruction": 0-2,
   "fluency": 0-2}), `malformed` (factors whose reply had no parseable rating; they count as 0) and `judge_replies`;
   written atomically once all of a concept's answers are rated;
@@ -16,6 +18,7 @@ up), later concepts are not attempted.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Callable
@@ -42,13 +45,48 @@ def default_out(generations: str) -> str:
     return os.path.join(generations, "ratings")
 
 
+# Judge settings that do not change a rating (how requests are sent, where replies are cached).
+OPERATIONAL_KEYS = frozenset({"timeout", "max_concurrency", "max_retries", "backoff_base", "backoff_max", "cache_dir",
+                              "batch_size", "api_key_set"})
+
+
+def judge_identity(config: dict) -> dict:
+    """The part of a judge's config that decides its ratings (model, endpoint, sampling, rubric, parse)."""
+    return {k: v for k, v in config.items() if k not in OPERATIONAL_KEYS}
+
+
+def _check_same_judge(out: str, record: dict) -> None:
+    """Refuses to add ratings to a folder that another judge, or other generations, already rated (M12)."""
+    path = os.path.join(out, JUDGE_FILE)
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        old_judge, old_generations = judge_identity(old["judge"]), old["generations"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is unreadable ({e}): remove the ratings folder {out} or choose another --out") from None
+    new_judge = judge_identity(record["judge"])
+    changed = sorted(k for k in set(old_judge) | set(new_judge) if old_judge.get(k) != new_judge.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {old_judge.get(k)!r} -> {new_judge.get(k)!r}" for k in changed[:4])
+        raise ValueError(f"ratings folder {out} was rated by another judge ({diffs}); one folder holds one judge's "
+                         "ratings: give a new --out, or rerun with the same judge settings to resume")
+    if old_generations != record["generations"]:
+        raise ValueError(f"ratings folder {out} holds ratings of {old_generations}, not {record['generations']}: "
+                         "give a new --out")
+
+
 def run_judge(generations: str, judge, out: str | None = None, log: Callable[[str], None] = print) -> dict:
-    """Rates every answer of a generate folder into `out`; returns the report (raises PartialRatings on failure)."""
+    """Rates every answer of a generate folder into `out`; returns the report (raises PartialRatings on failure).
+    An existing `out` must have been rated by the same judge on the same generations (it then resumes)."""
     settings, by_concept = load_generations(generations)
     out = out or default_out(generations)
+    record = {"judge": judge.config(), "generations": os.path.abspath(generations),
+              "method": settings.get("method"), "setting": settings.get("setting")}
+    _check_same_judge(out, record)
     os.makedirs(out, exist_ok=True)
-    write_json(os.path.join(out, JUDGE_FILE), {"judge": judge.config(), "generations": os.path.abspath(generations),
-                                                "method": settings.get("method"), "setting": settings.get("setting")})
+    write_json(os.path.join(out, JUDGE_FILE), record)
     report = {"status": "complete", "generations": os.path.abspath(generations), "out": os.path.abspath(out),
               "written": [], "failed": None, "not_attempted": [], "answers_rated": 0}
     start = time.time()
@@ -96,11 +134,11 @@ def format_stats(stats: dict) -> str:
 def local_generate_fn(model_dir: str, dtype: str = "float32", batch_size: int = 16, max_new_tokens: int = 128):
     """(generate(prompts) -> replies, model dir): greedy, chat-templated answers of a prosv-jax model (local judge).
     The model is loaded at the first call, so a fully cached rerun never loads it."""
-    from prosv_jax.builtin import builtin_model_dir
+    from prosv_jax.models.sources import resolve_model_dir
 
     from .generation import Generator
 
-    path = builtin_model_dir() if model_dir == "builtin" else os.path.abspath(model_dir)
+    path = resolve_model_dir(model_dir)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"local judge model folder {model_dir} not found")
     loaded = []

@@ -181,7 +181,7 @@ def _slug(text: str) -> str:
 
 def run_utility(s: UtilitySettings, log: Callable[[str], None] = print) -> list[dict]:
     """Evaluates every (method, task) and writes utility.json / utility.csv; returns the rows."""
-    from prosv_jax.builtin import builtin_model_dir
+    from prosv_jax.models.sources import resolve_model_dir
 
     from .concept_prompts import load_prompting_file, prompting_prompt
     from .generation import Generator, trained_factor
@@ -198,7 +198,7 @@ def run_utility(s: UtilitySettings, log: Callable[[str], None] = print) -> list[
         tasks["gsm"] = load_gsm(s.gsm)
     if s.limit:
         tasks = {t: items[:s.limit] for t, items in tasks.items()}
-    model_dir = builtin_model_dir() if s.model == "builtin" else os.path.abspath(s.model)
+    model_dir = resolve_model_dir(s.model)
     runs = find_runs(s.runs) if s.runs else []
     chosen_ids = sorted({r.concept_id for r in runs})[:s.first_k]
     runs = [r for r in runs if r.concept_id in chosen_ids]

@@ -18,11 +18,14 @@ _READ_COMMON = {
     "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_parameters", "layer_types", "sliding_window",
     "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id",
 }
-# Fields that change nothing in a forward pass at inference or in steering-vector training.
+# Fields that change nothing in a forward pass at inference or in steering-vector training: names, versions,
+# bookkeeping, special token ids other than those read, caching, the storage dtype.
 _HARMLESS_COMMON = {
     "architectures", "initializer_range", "use_cache", "attention_dropout", "max_position_embeddings",
-    "transformers_version", "torch_dtype", "dtype", "_name_or_path", "cache_implementation", "rope_scaling",
-    "rope_theta",  # folded into rope_parameters by transformers before we read it
+    "transformers_version", "torch_dtype", "dtype", "_name_or_path", "_model_name_or_path", "name_or_path",
+    "model_name", "_commit_hash", "cache_implementation", "unk_token_id", "sep_token_id", "cls_token_id",
+    "mask_token_id", "decoder_start_token_id", "output_attentions", "output_hidden_states", "return_dict",
+    "rope_scaling", "rope_theta",  # folded into rope_parameters by transformers before we read it
 }
 _FAMILY = {
     "gemma2": dict(
@@ -46,6 +49,16 @@ _FAMILY = {
         fixed={"hidden_act": ("silu",)},
     ),
 }
+
+
+# Fields a user has accepted for the whole process (`--accept-config-field` on the command line).
+_ACCEPTED_FIELDS: set[str] = set()
+
+
+def accept_config_fields(names) -> None:
+    """Accepts the named config fields in every model loaded from now on in this process (a user's informed choice
+    that they do not change the math); Python callers can pass `ignore_fields` per load instead."""
+    _ACCEPTED_FIELDS.update(names)
 
 
 def _hf_config_object(hf_config):
@@ -75,12 +88,13 @@ def _check_fields(d: Mapping[str, Any], family: str, ignore_fields) -> None:
             raise UnsupportedConfigError(
                 f"config field {name}={d[name]!r} is not implemented for {family} (supported: {allowed})")
     accounted = (_READ_COMMON | _HARMLESS_COMMON | spec["read"] | spec["harmless"] | set(spec["fixed"])
-                 | set(ignore_fields) | (_generic_fields() - _READ_COMMON))
+                 | set(ignore_fields) | _ACCEPTED_FIELDS | (_generic_fields() - _READ_COMMON))
     unknown = sorted(set(d) - accounted)
     if unknown:
         raise UnsupportedConfigError(
             f"config field(s) {unknown} of {family} are not understood by prosv-jax and may change the model's "
-            "math; if they do not, pass ignore_fields=(...) naming them")
+            "math; if they do not, accept them knowingly (--accept-config-field NAME on the command line, "
+            "ignore_fields=(...) in Python)")
 
 
 def _ropes(d: Mapping[str, Any], layer_types: tuple[str, ...]) -> tuple[tuple[str, RopeConfig], ...]:
