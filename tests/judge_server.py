@@ -19,7 +19,10 @@ Failure injection:
 * ``refuse``: a status (e.g. 401, 503) returned for every request -- after ``refuse_after`` successful replies when that
   is set, from the start otherwise;
 * ``echo_auth_on_error``: error bodies quote the request's Authorization header (to test that clients scrub it);
-* ``delay``: seconds to hold every successful reply (to make concurrency observable).
+* ``delay``: seconds to hold every successful reply (to make concurrency observable);
+* ``gather``: the first ``gather`` requests are held until that many are in flight together (at most
+  ``gather_timeout`` seconds), so a client that allows that much concurrency is seen to use it, whatever the thread
+  scheduling.
 
 Counters: ``request_count``, ``ok_count``, ``statuses`` (one per request), ``max_in_flight``, ``auth_headers``,
 ``bodies`` (parsed JSON), ``prompt_tokens``/``completion_tokens`` reported.  The server stops on ``stop()``, on leaving
@@ -71,7 +74,8 @@ def judge_reply(prompt: str) -> str:
 class JudgeServer:
     def __init__(self, *, script=(), refuse: int | None = None, refuse_after: int | None = None,
                  retry_after: str | None = "0", slow_seconds: float = 2.0, delay: float = 0.0,
-                 echo_auth_on_error: bool = False, lifetime: float = 60.0):
+                 echo_auth_on_error: bool = False, lifetime: float = 60.0, gather: int = 0,
+                 gather_timeout: float = 20.0):
         self.script = list(script)
         self.refuse = refuse
         self.refuse_after = refuse_after
@@ -80,6 +84,9 @@ class JudgeServer:
         self.delay = delay
         self.echo_auth_on_error = echo_auth_on_error
         self.lifetime = lifetime
+        self.gather = gather
+        self._gathering = threading.Barrier(gather, timeout=gather_timeout) if gather else None
+        self._arrived = 0
         self.lock = threading.Lock()
         self.request_count = 0
         self.ok_count = 0
@@ -176,7 +183,14 @@ class _Handler(BaseHTTPRequestHandler):
         with srv.lock:
             srv.in_flight += 1
             srv.max_in_flight = max(srv.max_in_flight, srv.in_flight)
+            srv._arrived += 1
+            gathers = srv._arrived <= srv.gather
         self._counted = True
+        if gathers:
+            try:
+                srv._gathering.wait()
+            except threading.BrokenBarrierError:
+                pass  # fewer came together: the test's assertion on max_in_flight says so
         try:
             self._handle(srv)
         finally:

@@ -4,7 +4,6 @@ import json
 import logging
 import os
 import pickle
-import time
 import traceback
 
 import pytest
@@ -71,22 +70,36 @@ def cache_files(root):
 # --------------------------------------------------------------------------------------------------------------------
 # rating parsing and rubric templates
 
-@pytest.mark.parametrize("text,expected", [
-    ("Looks good.\nRating: [[2]]", (2, True)),
-    ("rating: [[ 1 ]]", (1, True)),
-    ("**Rating:** [[0]]", (0, True)),
-    ("Rating: [[2.0]]", (2, True)),
-    ("first Rating: [[0]] then on reflection\nRating: [[1]]", (1, True)),
-    ("the answer deserves [[2]]", (2, True)),
-    ("Rating: 2", (0, False)),
-    ("Rating: [[3]]", (0, False)),
-    ("Rating: [[1.5]]", (0, False)),
-    ("I cannot decide.", (0, False)),
-    ("", (0, False)),
-    (None, (0, False)),
-])
-def test_parse_rating(text, expected):
-    assert parse_rating(text) == expected
+# (reply, paper parse, AxBench parse): each worked out by hand from method.md section 4.
+PARSES = [
+    ("Looks good.\nRating: [[2]]", (2, True), (2, True)),
+    ("first Rating: [[0]] then on reflection\nRating: [[1]]", (1, True), (1, True)),  # the last one
+    ("Rating: [[ 1 ]]", (1, True), (1, True)),
+    ("Rating: 2", (0, False), (2, True)),  # AxBench reads a bare number
+    ("Rating: [[1.5]]", (0, False), (1.5, True)),  # AxBench accepts any float in [0, 2]
+    ('Rating: "1."', (0, False), (1, True)),  # quotes and a trailing period stripped
+    ("Rating: **2**", (0, False), (2, True)),
+    ("Rating: [[3]]", (0, False), (0, False)),  # out of range
+    ("Rating: [[2]] because it is clear", (2, True), (0, False)),  # AxBench reads the whole first line
+    ("rating: [[1]]", (0, False), (0, False)),  # both are case-sensitive
+    ("the answer deserves [[2]]", (0, False), (0, False)),  # no "Rating:"
+    ("Rating: [[2]]\nRating: none", (2, True), (0, False)),  # AxBench only looks after the last "Rating:"
+    ("I cannot decide.", (0, False), (0, False)),
+    ("", (0, False), (0, False)),
+    (None, (0, False), (0, False)),
+]
+
+
+@pytest.mark.parametrize("text,paper,axbench", PARSES)
+def test_parse_rating(text, paper, axbench):
+    assert parse_rating(text) == paper  # the paper's parse is the default
+    assert parse_rating(text, "paper") == paper
+    assert parse_rating(text, "axbench") == axbench
+
+
+def test_parse_rating_modes_are_named():
+    with pytest.raises(ValueError, match="unknown rating parse 'lenient'.*paper.*axbench"):
+        parse_rating("Rating: [[1]]", "lenient")
 
 
 def test_default_rubric_prompts():
@@ -159,7 +172,7 @@ def test_ratings_usage_and_request_format(make_server, tmp_path):
     assert st.prompt_tokens == server.prompt_tokens > 0
     assert st.completion_tokens == server.completion_tokens == 4 * n  # "<factor> judged.\nRating: [[N]]"
     body = server.bodies[0]
-    assert body["model"] == "judge-test" and body["temperature"] == 0 and body["max_tokens"] == 77
+    assert body["model"] == "judge-test" and body["temperature"] == 0.01 and body["max_tokens"] == 77
     assert [m["role"] for m in body["messages"]] == ["user"]
     assert server.auth_headers == set()  # no key configured -> no Authorization header
 
@@ -173,11 +186,10 @@ def test_ratings_usage_and_request_format(make_server, tmp_path):
 
 
 def test_retries_on_429_5xx_and_timeouts(make_server, tmp_path):
-    server = make_server(script=[429, 500, "slow", 503, 429, 502, "slow"], slow_seconds=3.0)
-    judge = fast_judge(server, tmp_path, timeout=0.5, max_concurrency=3)
-    t0 = time.monotonic()
+    # a "slow" request is never answered while the server runs: the client's timeout must end it
+    server = make_server(script=[429, 500, "slow", 503, 429, 502, "slow"], slow_seconds=60.0)
+    judge = fast_judge(server, tmp_path, timeout=2.0, max_concurrency=3)
     ratings = judge.rate(all_requests())
-    assert time.monotonic() - t0 < 10
     assert [r.value for r in ratings] == expected_values()
     n = 3 * len(ITEMS)
     st = judge.stats
@@ -238,6 +250,15 @@ def test_cache_makes_rerun_free(make_server, tmp_path):
     fast_judge(server, tmp_path, templates=tpl).rate(reqs[:1])  # reqs[0] is a concept request
     assert server.request_count == sent + 2
 
+    # ... and the sampling settings (m11): another temperature or max_tokens asks again
+    fast_judge(server, tmp_path, temperature=0.7).rate(reqs[:1])
+    assert server.request_count == sent + 3
+    fast_judge(server, tmp_path, max_tokens=100).rate(reqs[:1])
+    assert server.request_count == sent + 4
+    # ... but not the parse, which is applied to the cached reply
+    assert fast_judge(server, tmp_path, parse="axbench").rate(reqs[:1])[0].cached
+    assert server.request_count == sent + 4
+
     # duplicates within one call are sent once
     server2 = make_server()
     fast_judge(server2).rate(reqs[:2] * 3)
@@ -245,12 +266,14 @@ def test_cache_makes_rerun_free(make_server, tmp_path):
 
 
 def test_concurrency_is_bounded(make_server):
-    server = make_server(delay=0.1)
+    # the server holds the first 3 requests until 3 are in flight together (so 3 is reached whatever the
+    # scheduling), and every reply for 0.05 s (so a 4th concurrent request would be seen)
+    server = make_server(delay=0.05, gather=3)
     reqs = [RatingRequest("fluency", "c", "i", f"answer number {k}") for k in range(18)]
     judge = fast_judge(server, max_concurrency=3)
     assert all(r.value == 2 for r in judge.rate(reqs))
     assert server.request_count == 18
-    assert 2 <= server.max_in_flight <= 3
+    assert server.max_in_flight == 3
 
 
 def test_api_key_never_leaks(make_server, tmp_path, monkeypatch, caplog, capsys):
@@ -291,6 +314,16 @@ def test_settings_from_environment(make_server, monkeypatch):
     assert "api_key=<none>" in repr(judge)
     judge.rate(all_requests()[:1])
     assert server.bodies[0]["model"] == "env-model"
+    # the paper code's judge settings by default (M2), recorded with the rubric and the parse
+    assert (server.bodies[0]["temperature"], server.bodies[0]["max_tokens"]) == (0.01, 500)
+    config = judge.config()
+    assert (config["temperature"], config["max_tokens"], config["parse"]) == (0.01, 500, "paper")
+    assert config["templates"] == "prosv-jax default" and len(config["templates_sha256"]) == 64
+    other = OpenAIJudge(templates=RubricTemplates(fluency=DEFAULT_TEMPLATES.fluency + " Be strict."))
+    assert other.config()["templates_sha256"] != config["templates_sha256"]
+    for bad in (dict(temperature=-1.0), dict(max_tokens=0), dict(parse="loose")):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            OpenAIJudge(**bad)
     with pytest.raises(ValueError, match="http"):
         OpenAIJudge(base_url="ftp://example")
     with pytest.raises(ValueError, match="credentials") as ei:
@@ -426,3 +459,44 @@ def test_local_judge_with_a_prosv_jax_model(tmp_path, monkeypatch):
     again = rate_answers(LocalJudge(counting, path, cache_dir=str(tmp_path / "cache")), items)
     assert sum(calls) == 6  # the rerun is served from the cache
     assert [[r.value for r in a.values()] for a in again] == [[r.value for r in a.values()] for a in first]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the judge stage: one judge per ratings folder
+
+def _generations(folder, n_concepts=2):
+    """A minimal `axbench generate` folder: 2 answers per concept."""
+    folder.mkdir(parents=True)
+    (folder / "generate.json").write_text(json.dumps({"method": "m", "setting": "s"}))
+    for cid in range(n_concepts):
+        rows = [{"method": "m", "setting": "s", "concept_id": cid, "concept": "golf", "instruction_pos": k,
+                 "instruction": "Say hi.", "answer": "golf" if k else "garbled"} for k in range(2)]
+        (folder / f"c{cid}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_a_ratings_folder_holds_one_judge(tmp_path):
+    """M12: a rerun with another judge, other judge settings, or other generations is refused before anything is
+    written; the same judge resumes; operational settings (batch size, cache) may change."""
+    from prosv_jax.evaluation.rating import run_judge
+
+    gen = _generations(tmp_path / "gen")
+    reply = lambda ps: [judge_reply(p) for p in ps]  # noqa: E731
+    judge = lambda name="j", **kw: LocalJudge(reply, name, cache_dir=tmp_path / "cache", **kw)  # noqa: E731
+    out = tmp_path / "ratings"
+    assert run_judge(str(gen), judge(), str(out), log=lambda *_: None)["written"] == [0, 1]
+    first = (out / "c0.jsonl").read_text()
+    assert json.loads((out / "judge.json").read_text())["judge"]["parse"] == "paper"
+    for other, changed in ((judge("another-model"), "model"), (judge(parse="axbench"), "parse"),
+                           (judge(sampling={"max_new_tokens": 9}), "max_new_tokens"),
+                           (judge(templates=RubricTemplates(fluency=DEFAULT_TEMPLATES.fluency + " Strict.")),
+                            "templates_sha256")):
+        with pytest.raises(ValueError, match=f"rated by another judge.*{changed}.*new --out"):
+            run_judge(str(gen), other, str(out), log=lambda *_: None)
+    assert (out / "c0.jsonl").read_text() == first
+    assert json.loads((out / "judge.json").read_text())["judge"]["model"] == "j"
+    with pytest.raises(ValueError, match="holds ratings of .*gen.*new --out"):
+        run_judge(str(_generations(tmp_path / "gen2")), judge(), str(out), log=lambda *_: None)
+    # the same judge (another batch size and cache) resumes
+    resumed = LocalJudge(reply, "j", cache_dir=tmp_path / "cache2", batch_size=2)
+    assert run_judge(str(gen), resumed, str(out), log=lambda *_: None)["status"] == "complete"

@@ -98,7 +98,7 @@ class _TextWriter(OpenAIJudge):
         self.prompt_template = prompt_template
 
     def key(self, request: RatingRequest) -> str:
-        return cache_key(self.prompt_template, request, self.model, self.system_prompt)
+        return cache_key(self.prompt_template, request, self.model, self.system_prompt, self.sampling())
 
     def messages(self, request: RatingRequest) -> list[dict[str, str]]:
         prompt = render_template(self.prompt_template, concept=request.concept, instruction=request.instruction,

@@ -2,7 +2,9 @@
 
 Both implement :class:`Judge` -- ``rate(requests) -> ratings`` -- render the rubric prompts of
 :mod:`prosv_jax.evaluation.rubric`, parse the replies with :func:`~prosv_jax.evaluation.rubric.parse_rating` and keep an
-on-disk :class:`JudgeCache` keyed by a hash of (template text, inputs, model), so that a rerun issues no requests.
+on-disk :class:`JudgeCache` keyed by a hash of (template text, inputs, model, sampling settings), so that a rerun
+issues no requests.  The reply parse (``parse``: the paper code's by default, or AxBench's) is applied to the cached
+replies, so it is not part of the key.
 
 Secrets: the API key of :class:`OpenAIJudge` is only ever put in the ``Authorization`` header.  It is not part of
 ``repr()``, :meth:`OpenAIJudge.config`, log records, cache files or exception messages (error bodies returned by a
@@ -33,7 +35,7 @@ from typing import Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 from prosv_jax.files import write_json
 
-from .rubric import DEFAULT_TEMPLATES, FACTORS, RubricTemplates, parse_rating
+from .rubric import DEFAULT_TEMPLATES, FACTORS, RubricTemplates, check_parse, parse_rating
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +45,10 @@ ENV_API_KEY = "PROSV_JUDGE_API_KEY"
 ENV_OPENAI_API_KEY = "OPENAI_API_KEY"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"  # the judge AxBench uses
+DEFAULT_TEMPERATURE = 0.01  # the paper's code (AxBench's own code uses 0.7)
+DEFAULT_MAX_TOKENS = 500  # the paper's code
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the key holds the sampling settings (temperature, max tokens)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -69,12 +73,13 @@ class RatingRequest:
 class Rating:
     """The judge's answer to one :class:`RatingRequest`.
 
-    ``value``: 0, 1 or 2 (the default 0 when the reply was malformed); ``ok``: False for a malformed reply;
+    ``value``: the parsed rating in [0, 2] (0, 1 or 2 with the paper's parse; any float in [0, 2] with AxBench's; the
+    default 0 when the reply was malformed); ``ok``: False for a malformed reply;
     ``reply``: the judge's raw text; ``cached``: True when it came from the on-disk cache.
     """
 
     factor: str
-    value: int
+    value: float
     ok: bool
     reply: str
     cached: bool = False
@@ -149,10 +154,13 @@ def rate_answers(judge: Judge, items: Sequence[tuple[str, str, str]]) -> list[di
 # --------------------------------------------------------------------------------------------------------------------
 # cache
 
-def cache_key(template: str, request: RatingRequest, model: str, system_prompt: str | None = None) -> str:
-    """sha256 over (template text, inputs, model) -- the system prompt is included only when one is used."""
+def cache_key(template: str, request: RatingRequest, model: str, system_prompt: str | None = None,
+              sampling: dict | None = None) -> str:
+    """sha256 over (template text, inputs, model, sampling settings such as temperature and max tokens: a changed
+    setting asks again) -- the system prompt is included only when one is used."""
     payload = {"v": CACHE_VERSION, "template": template, "factor": request.factor, "concept": request.concept,
-               "instruction": request.instruction, "answer": request.answer, "model": model}
+               "instruction": request.instruction, "answer": request.answer, "model": model,
+               "sampling": dict(sampling or {})}
     if system_prompt is not None:
         payload["system"] = system_prompt
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")
@@ -245,10 +253,11 @@ class _CachingJudge:
     system_prompt: str | None
 
     def __init__(self, model: str, templates: RubricTemplates | None, cache_dir: str | os.PathLike | None,
-                 system_prompt: str | None):
+                 system_prompt: str | None, parse: str = "paper"):
         self.model = model
         self.templates = templates or DEFAULT_TEMPLATES
         self.system_prompt = system_prompt
+        self.parse = check_parse(parse)
         self.cache = JudgeCache(cache_dir) if cache_dir is not None else None
         self._lock = threading.Lock()
         self._stats = JudgeStats()
@@ -260,8 +269,19 @@ class _CachingJudge:
         with self._lock:
             return dataclasses.replace(self._stats)
 
+    def sampling(self) -> dict:
+        """The settings that change the judge's replies besides the prompt and model (in the cache key)."""
+        raise NotImplementedError
+
+    def _rubric_config(self) -> dict:
+        """What every judge records about its rubric: the templates' source and hash, the parse."""
+        texts = json.dumps([self.templates.template(f) for f in FACTORS], ensure_ascii=False).encode("utf-8")
+        return {"templates": self.templates.source, "templates_sha256": hashlib.sha256(texts).hexdigest(),
+                "parse": self.parse, "system_prompt": self.system_prompt}
+
     def key(self, request: RatingRequest) -> str:
-        return cache_key(self.templates.template(request.factor), request, self.model, self.system_prompt)
+        return cache_key(self.templates.template(request.factor), request, self.model, self.system_prompt,
+                         self.sampling())
 
     def messages(self, request: RatingRequest) -> list[dict[str, str]]:
         """The chat messages sent for ``request``."""
@@ -299,7 +319,7 @@ class _CachingJudge:
         for k, r in zip(keys, requests):
             if k in records:
                 rec, cached = records[k]
-                value, ok = parse_rating(rec["reply"])
+                value, ok = parse_rating(rec["reply"], self.parse)
                 out.append(Rating(r.factor, value, ok, rec["reply"], cached))
             else:
                 out.append(None)
@@ -403,10 +423,10 @@ class OpenAIJudge(_CachingJudge):
                  cache_dir: str | os.PathLike | None = None, templates: RubricTemplates | None = None,
                  system_prompt: str | None = None, max_concurrency: int = 8, max_retries: int = 6,
                  backoff_base: float = 1.0, backoff_max: float = 60.0, max_retry_after: float = 300.0,
-                 timeout: float = 60.0, max_tokens: int = 512, temperature: float = 0.0,
-                 jitter_seed: int | None = None):
+                 timeout: float = 60.0, max_tokens: int = DEFAULT_MAX_TOKENS,
+                 temperature: float = DEFAULT_TEMPERATURE, parse: str = "paper", jitter_seed: int | None = None):
         model = model or os.environ.get(ENV_MODEL) or DEFAULT_MODEL
-        super().__init__(model, templates, cache_dir, system_prompt)
+        super().__init__(model, templates, cache_dir, system_prompt, parse)
         base_url = (base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL).rstrip("/")
         parsed = urllib.parse.urlsplit(base_url)
         if "@" in parsed.netloc:
@@ -428,6 +448,10 @@ class OpenAIJudge(_CachingJudge):
         self.backoff_max = float(backoff_max)
         self.max_retry_after = float(max_retry_after)
         self.timeout = float(timeout)
+        if not (isinstance(max_tokens, int) and max_tokens >= 1):
+            raise ValueError(f"judge max_tokens must be a positive integer, got {max_tokens!r}")
+        if not (0.0 <= float(temperature) <= 2.0):
+            raise ValueError(f"judge temperature must be in [0, 2], got {temperature!r}")
         self.max_tokens = int(max_tokens)
         self.temperature = float(temperature)
         self._rng = random.Random(jitter_seed)
@@ -446,11 +470,13 @@ class OpenAIJudge(_CachingJudge):
     def config(self) -> dict:
         """Settings safe to save next to results (no key; ``api_key_set`` tells whether one was used)."""
         return {"kind": "openai", "model": self.model, "base_url": self.base_url, "api_key_set": bool(self._api_key),
-                "temperature": self.temperature, "max_tokens": self.max_tokens, "timeout": self.timeout,
+                **self.sampling(), "timeout": self.timeout,
                 "max_concurrency": self.max_concurrency, "max_retries": self.max_retries,
-                "backoff_base": self.backoff_base, "backoff_max": self.backoff_max,
-                "system_prompt": self.system_prompt, "templates": self.templates.source,
+                "backoff_base": self.backoff_base, "backoff_max": self.backoff_max, **self._rubric_config(),
                 "cache_dir": self.cache.path if self.cache is not None else None}
+
+    def sampling(self) -> dict:
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens}
 
     def _endpoint(self) -> str:
         return self.url
@@ -566,7 +592,9 @@ class LocalJudge(_CachingJudge):
     """A judge backed by any ``generate(prompts: list[str]) -> list[str]`` callable (e.g. prosv-jax generation with an
     instruct model, greedy).  The rubric prompt becomes chat messages, turned into a prompt string by ``chat_format``.
 
-    ``model_name`` identifies the model in the cache key (use the checkpoint path or hub id).  Prompts are sent in
+    ``model_name`` identifies the model in the cache key (use the checkpoint path or hub id), and ``sampling`` the
+    settings of ``generate`` that change its replies (e.g. ``{"max_new_tokens": 128, "temperature": 0.0}``; in the key
+    and the recorded config).  Prompts are sent in
     batches of ``batch_size`` (all at once when None); every batch's replies are cached before the next one starts, so
     an exception in ``generate`` loses no finished batch (it is reported as :class:`JudgeError`).
     """
@@ -575,12 +603,13 @@ class LocalJudge(_CachingJudge):
                  cache_dir: str | os.PathLike | None = None, templates: RubricTemplates | None = None,
                  system_prompt: str | None = None,
                  chat_format: Callable[[list[dict[str, str]]], str] = plain_chat_format,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, sampling: dict | None = None, parse: str = "paper"):
         if not callable(generate):
             raise TypeError("generate must be callable: generate(prompts: list[str]) -> list[str]")
         if not model_name:
             raise ValueError("model_name is required (it keys the cache)")
-        super().__init__(str(model_name), templates, cache_dir, system_prompt)
+        super().__init__(str(model_name), templates, cache_dir, system_prompt, parse)
+        self._sampling = dict(sampling or {})
         self.generate = generate
         self.chat_format = chat_format
         if batch_size is not None and batch_size < 1:
@@ -592,9 +621,11 @@ class LocalJudge(_CachingJudge):
                 f"cache_dir={self.cache.path if self.cache is not None else None!r})")
 
     def config(self) -> dict:
-        return {"kind": "local", "model": self.model, "system_prompt": self.system_prompt,
-                "templates": self.templates.source, "batch_size": self.batch_size,
-                "cache_dir": self.cache.path if self.cache is not None else None}
+        return {"kind": "local", "model": self.model, **self.sampling(), **self._rubric_config(),
+                "batch_size": self.batch_size, "cache_dir": self.cache.path if self.cache is not None else None}
+
+    def sampling(self) -> dict:
+        return dict(self._sampling)
 
     def _endpoint(self) -> str:
         return f"local:{self.model}"

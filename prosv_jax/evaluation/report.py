@@ -64,8 +64,8 @@ def load_ratings(paths) -> list[dict]:
     return records
 
 
-def _triple(rec) -> tuple[int, int, int]:
-    return tuple(int(rec["ratings"][f]) for f in FACTORS)
+def _triple(rec) -> tuple[float, float, float]:
+    return tuple(float(rec["ratings"][f]) for f in FACTORS)
 
 
 def column_of(setting: str, attack) -> str:

@@ -6,7 +6,8 @@ Three questions are asked about every steered answer (method.md section 4):
 * ``instruction`` -- is the answer related to the instruction?
 * ``fluency``     -- is the answer fluent?
 
-Each is answered with a rating 0, 1 or 2 on a final line ``Rating: [[N]]``.  The default prompts below were written by
+Each is answered with a rating 0, 1 or 2 on a final line ``Rating: [[N]]``, read by :func:`parse_rating` (the paper
+code's parse by default, AxBench's lenient one as an option).  The default prompts below were written by
 this project (they are not AxBench's wording).  A user may instead point to the official AxBench templates, saved as a
 JSON file (see :func:`load_rubric_templates`).
 
@@ -185,27 +186,55 @@ def load_rubric_templates(path: str | os.PathLike) -> RubricTemplates:
         raise ValueError(f"rubric template file {path}: {e}") from None
 
 
-# ``Rating: [[2]]`` (preferred), tolerant to spacing, case, markdown bold and "2.0".
-_RATING_RE = re.compile(r"rating\s*[:=]?\s*\**\s*\[\[\s*([0-9]+(?:\.[0-9]+)?)\s*\]\]", re.IGNORECASE)
-_BRACKET_RE = re.compile(r"\[\[\s*([0-9]+(?:\.[0-9]+)?)\s*\]\]")
+RATING_PARSES: tuple[str, ...] = ("paper", "axbench")
+"""How a judge reply becomes a rating (method.md section 4): ``"paper"`` (the default) as the paper's code, the last
+``Rating: [[N]]``; ``"axbench"`` as AxBench's code, the text after the last ``Rating:``, leniently."""
+
+_PAPER_RE = re.compile(r"Rating:\s*\[\[\s*([0-9]+)\s*\]\]")
 
 
-def parse_rating(text: str | None) -> tuple[int, bool]:
-    """Read the judge's rating from its reply.
+def check_parse(parse: str) -> str:
+    if parse not in RATING_PARSES:
+        raise ValueError(f"unknown rating parse {parse!r}; expected one of {RATING_PARSES} (paper: the last "
+                         "'Rating: [[N]]', as the paper's code; axbench: AxBench's lenient parse)")
+    return parse
 
-    Returns ``(rating, ok)``.  The rating is taken from the last ``Rating: [[N]]`` in the reply (or, failing that, the
-    last bare ``[[N]]``); N must be 0, 1 or 2 (``2.0`` is accepted).  A reply with no such rating, or an out-of-range
-    one, is *malformed*: it counts as :data:`DEFAULT_RATING` (0) and ``ok`` is ``False`` so callers can count it.
+
+def _parse_paper(text: str) -> float | None:
+    """The last ``Rating: [[N]]`` (N an integer 0, 1 or 2), else None."""
+    matches = _PAPER_RE.findall(text)
+    if not matches or int(matches[-1]) not in VALID_RATINGS:
+        return None
+    return float(matches[-1])
+
+
+def _parse_axbench(text: str) -> float | None:
+    """AxBench's parse: the first line after the last ``Rating:``, with ``[``/``]`` removed and trailing ``.``,
+    quotes and ``*`` stripped, read as a float in [0, 2]; else None."""
+    if "Rating:" not in text:
+        return None
+    value = text.split("Rating:")[-1].strip().split("\n")[0].strip()
+    value = value.replace("[", "").replace("]", "").rstrip(".").strip('"').strip("'").strip("*").strip()
+    try:
+        rating = float(value)
+    except ValueError:
+        return None
+    return rating if 0.0 <= rating <= 2.0 else None
+
+
+def parse_rating(text: str | None, parse: str = "paper") -> tuple[float, bool]:
+    """Read the judge's rating from its reply: ``(rating, ok)``.
+
+    ``parse="paper"`` (default): the last ``Rating: [[N]]`` with N in 0, 1, 2, as the paper's code reads it;
+    ``parse="axbench"``: AxBench's lenient parse (``Rating: 2``, ``Rating: **1.5**``, any float in [0, 2]).  A reply the
+    parse cannot read is *malformed*: it counts as :data:`DEFAULT_RATING` (0), as in both reference codes, and
+    ``ok`` is False so callers can count it.
     """
+    check_parse(parse)
     if not isinstance(text, str) or not text:
-        return DEFAULT_RATING, False
-    matches = _RATING_RE.findall(text) or _BRACKET_RE.findall(text)
-    if not matches:
-        return DEFAULT_RATING, False
-    value = float(matches[-1])
-    if value != int(value) or int(value) not in VALID_RATINGS:
-        return DEFAULT_RATING, False
-    return int(value), True
+        return float(DEFAULT_RATING), False
+    value = _parse_paper(text) if parse == "paper" else _parse_axbench(text)
+    return (float(DEFAULT_RATING), False) if value is None else (value, True)
 
 
 DEFAULT_TEMPLATES = RubricTemplates()
