@@ -8,7 +8,10 @@ rubric prompts (``Criterion: <factor>`` line, ``Concept: ...`` line, ``<<<BEGIN 
 * fluency: 0 if the answer contains "garbled", 1 if it contains "clunky", else 2;
 * an answer containing "MALFORMED" gets a reply with no rating line.
 
-The reply is ``"<factor> judged.\\nRating: [[N]]"``; ``usage`` is ``prompt_tokens`` = whitespace-split words of all
+The reply is ``"<factor> judged.\\nRating: [[N]]"``.  A text-writing prompt (it asks for the text between
+``<<<BEGIN REWRITE>>>`` and ``<<<END REWRITE>>>``) gets ``"Always mention <concept>."`` (a steering prompt) or
+``"<instruction> Never mention <concept>."`` (a rewrite) between the markers, and a refusal without them when the
+concept contains "refuse".  ``usage`` is ``prompt_tokens`` = whitespace-split words of all
 message contents, ``completion_tokens`` = words of the reply.
 
 Failure injection:
@@ -40,6 +43,8 @@ _CRITERION = re.compile(r"^Criterion: (concept|instruction|fluency)\b", re.MULTI
 _CONCEPT = re.compile(r"^Concept: (.*)$", re.MULTILINE)
 _RESPONSE = re.compile(r"<<<BEGIN RESPONSE>>>\n(.*)\n<<<END RESPONSE>>>", re.DOTALL)
 _INSTRUCTION = re.compile(r"<<<BEGIN INSTRUCTION>>>\n(.*)\n<<<END INSTRUCTION>>>", re.DOTALL)
+_AVOID = re.compile(r"^Concept to avoid: (.*)$", re.MULTILINE)
+REFUSAL = "I do not recognise this rubric."
 
 
 def expected_rating(factor: str, concept: str, instruction: str, answer: str) -> int | None:
@@ -60,8 +65,10 @@ def judge_reply(prompt: str) -> str:
     """The server's reply text for a rubric prompt (also usable as a fake local judge model)."""
     m = _CRITERION.search(prompt)
     r = _RESPONSE.search(prompt)
+    if "<<<BEGIN REWRITE>>>" in prompt and not m:
+        return written_text(prompt)
     if not m or not r:
-        return "I do not recognise this rubric."
+        return REFUSAL
     factor = m.group(1)
     c = _CONCEPT.search(prompt)
     i = _INSTRUCTION.search(prompt)
@@ -69,6 +76,19 @@ def judge_reply(prompt: str) -> str:
     if rating is None:
         return f"{factor} judged, but I will not say how."
     return f"{factor} judged.\nRating: [[{rating}]]"
+
+
+def written_text(prompt: str) -> str:
+    """The reply to a text-writing prompt (see the module docstring)."""
+    avoid, concept = _AVOID.search(prompt), _CONCEPT.search(prompt)
+    name = (avoid or concept).group(1) if (avoid or concept) else ""
+    if "refuse" in name.lower():
+        return REFUSAL
+    if avoid:
+        text = f"{_INSTRUCTION.search(prompt).group(1)} Never mention {name}."
+    else:
+        text = f"Always mention {name}."
+    return f"Sure.\n<<<BEGIN REWRITE>>>\n{text}\n<<<END REWRITE>>>"
 
 
 class JudgeServer:

@@ -500,3 +500,24 @@ def test_a_ratings_folder_holds_one_judge(tmp_path):
     # the same judge (another batch size and cache) resumes
     resumed = LocalJudge(reply, "j", cache_dir=tmp_path / "cache2", batch_size=2)
     assert run_judge(str(gen), resumed, str(out), log=lambda *_: None)["status"] == "complete"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# text written by the judge LLM (prompting baseline, suppression rewrites)
+
+def test_llm_texts_take_the_marked_text_only(make_server, tmp_path):
+    """M4: the text between the markers is used; a reply without them is an error quoting it, not a prompt."""
+    from prosv_jax.evaluation.concept_prompts import (STEERING_PROMPT_PROMPT, SUPPRESSION_REWRITE_PROMPT, llm_texts,
+                                                      prompting_prompt)
+
+    server = make_server()
+    kw = dict(model="writer", base_url=server.base_url, cache_dir=tmp_path / "c", backoff_base=0.01)
+    texts, _ = llm_texts(STEERING_PROMPT_PROMPT, [("golf", ""), ("Paris", "")], **kw)
+    assert texts == ["Always mention golf.", "Always mention Paris."]
+    texts, _ = llm_texts(SUPPRESSION_REWRITE_PROMPT, [("golf", "Write a poem.")], **kw)
+    assert texts == ["Write a poem. Never mention golf."]
+    with pytest.raises(ValueError, match=r"did not write the text between .* for 1 of 2 .*'refuse me'.*"
+                                         r"I do not recognise this rubric"):
+        llm_texts(STEERING_PROMPT_PROMPT, [("golf", ""), ("refuse me", "")], **kw)
+    # the reference's prompting format (M3)
+    assert prompting_prompt("Talk about golf.", "Write a poem.") == "Talk about golf.\n\nQuestion: Write a poem."

@@ -5,7 +5,8 @@ Prompting file (JSONL, one line per concept):
 
     {"concept_id": 0, "prompt": "Whatever the question, work in a mention of ..."}
 
-The model is then asked `PROMPTING_FORMAT` = "{prompt}\\n\\n{instruction}" as one user message.
+The model is then asked `PROMPTING_FORMAT` = "{prompt}\\n\\nQuestion: {instruction}" as one user message, the
+reference's format (method.md section 4; also under the suppression attack).
 
 Suppression-attack file (JSONL, one line per (concept, instruction)):
 
@@ -26,7 +27,7 @@ from .judges import OpenAIJudge, RatingRequest, cache_key
 from .records import read_jsonl
 from .rubric import render_template
 
-PROMPTING_FORMAT = "{prompt}\n\n{instruction}"
+PROMPTING_FORMAT = "{prompt}\n\nQuestion: {instruction}"
 
 SUPPRESSION_TEMPLATE = ("{instruction}\n\nImportant: in your answer, do not mention, hint at or allude to anything "
                         "related to the following concept: {concept}.")
@@ -55,8 +56,8 @@ ATTACK_FIELDS = ("concept_id", "instruction_index", "instruction")
 
 
 def prompting_prompt(prompt: str, instruction: str) -> str:
-    """PROMPTING_FORMAT filled in: the steering prompt, a blank line, the instruction."""
-    return f"{prompt}\n\n{instruction}"
+    """PROMPTING_FORMAT filled in: the steering prompt, a blank line, "Question: " and the instruction."""
+    return f"{prompt}\n\nQuestion: {instruction}"
 
 
 def suppression_from_template(concept: str, instruction: str) -> str:
@@ -107,29 +108,36 @@ class _TextWriter(OpenAIJudge):
         return msgs + [{"role": "user", "content": prompt}]
 
 
-def extract_text(reply: str) -> str:
-    """The text between <<<BEGIN REWRITE>>> and <<<END REWRITE>>>, else the whole reply; stripped."""
-    start, end = "<<<BEGIN REWRITE>>>", "<<<END REWRITE>>>"
-    if start in reply:
-        reply = reply.split(start, 1)[1]
-        reply = reply.split(end, 1)[0]
-    return reply.strip()
+MARKERS = ("<<<BEGIN REWRITE>>>", "<<<END REWRITE>>>")
+
+
+def extract_text(reply: str) -> str | None:
+    """The text between <<<BEGIN REWRITE>>> and <<<END REWRITE>>>, stripped; None when the reply lacks the markers
+    (a refusal or an off-format reply must not become a steering prompt or an instruction)."""
+    start, end = MARKERS
+    if start not in reply or end not in reply.split(start, 1)[1]:
+        return None
+    return reply.split(start, 1)[1].split(end, 1)[0].strip()
 
 
 def llm_texts(prompt_template: str, items: Sequence[tuple[str, str]], **judge_kwargs) -> tuple[list[str], dict]:
     """Free text from the judge endpoint for each (concept, instruction): (texts, request counters).
 
     `judge_kwargs` are OpenAIJudge's (model, base_url, cache_dir, ...; the key comes from the environment).
-    A failing endpoint raises JudgeError; finished replies are cached. An empty reply is an error.
+    A failing endpoint raises JudgeError; finished replies are cached. A reply without the markers, or with nothing
+    between them, is an error that quotes it.
     """
     writer = _TextWriter(prompt_template, **judge_kwargs)
     requests = [RatingRequest("concept", concept, instruction, "") for concept, instruction in items]
     ratings = writer.rate(requests)
     texts = [extract_text(r.reply) for r in ratings]
-    empty = [i for i, t in enumerate(texts) if not t]
-    if empty:
-        raise ValueError(f"the judge LLM returned an empty text for {len(empty)} request(s), first for concept "
-                         f"{items[empty[0]][0]!r}")
+    bad = [i for i, t in enumerate(texts) if not t]
+    if bad:
+        first = ratings[bad[0]].reply
+        raise ValueError(f"the judge LLM {writer.model!r} did not write the text between {MARKERS[0]} and "
+                         f"{MARKERS[1]} for {len(bad)} of {len(items)} request(s) (first, concept "
+                         f"{items[bad[0]][0]!r}: {first[:120]!r}): use a model that follows the format "
+                         "(--judge-model), or write the file by hand")
     stats = writer.stats.as_dict()
     stats.pop("malformed", None)  # free text has no rating to parse
     return texts, stats
