@@ -176,14 +176,7 @@ def test_tokenizer_matches_transformers_gguf_tokenizer(tiny, family):
     assert set(eos if isinstance(eos, list) else [eos]) == stops
 
 
-_EXTRA_ENDOFTEXT = pytest.mark.xfail(strict=True, reason=(
-    "importer bug: transformers' byte-level GGUF builder (GPT2Tokenizer) adds its default '<|endoftext|>' as an "
-    "id past the model's vocabulary when the file has no such token (Llama-3, Gemma vocabularies); "
-    "gguf_tokenizer must drop added tokens with id >= len(tokens)"))
-
-
-@pytest.mark.parametrize("family", [pytest.param("llama", marks=_EXTRA_ENDOFTEXT), "qwen2",
-                                    pytest.param("gemma3", marks=_EXTRA_ENDOFTEXT)])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
 def test_tokenizer_has_no_id_beyond_the_model_vocabulary(tiny, family):
     t = tiny(family)
     _, converted = t.gguf()

@@ -7,6 +7,7 @@ pattern and local RoPE base, Gemma-2's query scale), the same rule as llama.cpp'
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -154,7 +155,20 @@ def gguf_tokenizer(reader, chat_template: str | None = None):
         if chat_template is not None:
             kwargs["chat_template"] = chat_template
     backend, extra = convert_gguf_tokenizer(_field(reader, "general.architecture"), tokenizer_dict)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, **kwargs, **extra)
+    return PreTrainedTokenizerFast(tokenizer_object=_within_vocabulary(backend, len(tokens)), **kwargs, **extra)
+
+
+def _within_vocabulary(backend, size: int):
+    """The backend without the tokens transformers' builders add that the file does not list (a byte-level
+    vocabulary without `<|endoftext|>` gets one at id `size`, past the model's embedding rows)."""
+    from tokenizers import Tokenizer
+
+    data = json.loads(backend.to_str())
+    kept = [t for t in data["added_tokens"] if t["id"] < size]
+    if len(kept) == len(data["added_tokens"]):
+        return backend
+    data["added_tokens"] = kept
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def end_of_turn_ids(tokenizer) -> list[int]:

@@ -22,7 +22,7 @@ from prosv_jax.models.gguf_import import SOURCE_FILE, convert_gguf
 from prosv_jax.models.gguf_metadata import GGUFError
 
 # Bumped whenever the conversion changes what it writes, so stale cached folders are never reused.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 TINY_NAMES = ("builtin", "tiny")
 
 
