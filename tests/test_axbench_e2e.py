@@ -1,5 +1,6 @@
 """AxBench end to end on concept10 with the built-in tiny model and a real chat-completions judge on 127.0.0.1.
 
+Data: the concept10 split and AlpacaEval instructions bundled with prosv-jax (nothing outside the repository).
 Every stage runs through the CLI (`prosv_jax.cli.main`): train (2 concepts, 1 epoch), generate (trained factor,
 a factor sweep, the prompting baseline), judge (with injected 429s, a 500 and a timeout; the rerun is free),
 robustness (suppression attack at two factor scales), utility, score (checked against a hand computation from the
@@ -20,19 +21,14 @@ import pytest
 from judge_server import JudgeServer
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SPLIT = SHARED / "axbench" / "concept10" / "prod_2b_l10_v1"
-ALPACA = str(SHARED / "alpaca_eval" / "instructions.json")
+SPLIT = "bundled:concept10"
 TINY_PROSV = str(REPO / "experiments" / "configs" / "tiny_prosv.py")
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 KEY = "sk-test-e2e-secret-0123456789"
 SETTING = "tiny L1"
-GEN_ARGS = ["--model", "builtin", "--instructions", ALPACA, "--max-new-tokens", "16", "--batch-size", "10",
-            "--setting", SETTING]
+GEN_ARGS = ["--model", "builtin", "--max-new-tokens", "16", "--batch-size", "10", "--setting", SETTING]  # bundled
+# instructions
 FAST_JUDGE = ["--backoff-base", "0.01", "--max-retries", "3", "--timeout", "2", "--judge-model", "test-judge"]
-
-pytestmark = pytest.mark.skipif(not (SPLIT / "generate" / "train_data.parquet").is_file(),
-                                reason="AxBench data (../shared/data) not present")
 
 
 def cli(*args) -> int:
@@ -112,7 +108,7 @@ def test_pipeline(env):
     assert len(recs) == 10 and [r["instruction_pos"] for r in recs] == list(range(10))
     from prosv_jax.evaluation import load_alpaca_instructions, sample_instructions
 
-    sample = sample_instructions(load_alpaca_instructions(ALPACA), 0)
+    sample = sample_instructions(load_alpaca_instructions(), 0)  # the bundled copy
     assert [(r["instruction_index"], r["instruction"]) for r in recs] == sample  # seeded by the concept id
     r0 = recs[0]
     assert r0["sampling"]["temperature"] == 1.0 and r0["max_new_tokens"] == 16 and r0["answer_tokens"] <= 16
@@ -120,7 +116,7 @@ def test_pipeline(env):
     assert r0["mode"] == "steering" and r0["seed"] == 0 and r0["chat"] is True
     sweep = read_jsonl(gen / "sweep" / "c1.jsonl")
     assert sorted({r["factor"] for r in sweep}) == [0.0, 8.0, 16.0] and len(sweep) == 30
-    assert read_jsonl(gen / "prompting" / "c1.jsonl")[0]["prompt"].startswith("Mention concept 1.\n\n")
+    assert read_jsonl(gen / "prompting" / "c1.jsonl")[0]["prompt"].startswith("Mention concept 1.\n\nQuestion: ")
     # resumable: a rerun skips finished concepts and rewrites nothing
     mtime = os.path.getmtime(gen / "prosv" / "c0.jsonl")
     assert cli("axbench", "generate", *GEN_ARGS, "--runs", train, "--out", gen / "prosv", "--method", "PrOSV") == 0
@@ -149,15 +145,16 @@ def test_pipeline(env):
     write_jsonl(gen / "prosv" / "c1.jsonl", rows)
 
     # --- judge: 429s, a 500 and a timeout are retried; the rerun costs nothing
-    with JudgeServer(script=["429", "429", "slow", "500"], slow_seconds=4) as server:
+    # ("slow" is never answered while the server runs: only the client's timeout ends it)
+    with JudgeServer(script=["429", "429", "slow", "500"], slow_seconds=60) as server:
         url = ["--base-url", server.base_url]
-        assert cli("axbench", "judge", "--generations", gen / "prosv", *url, *FAST_JUDGE) == 0
-        # 2 concepts x 10 answers x 3 questions, + 4 retried attempts (more if a loaded CPU makes a reply late)
-        assert server.request_count >= 60 + 4
-        assert {str(s) for s in server.statuses} >= {"429", "500", "slow"}
+        assert cli("axbench", "judge", "--generations", gen / "prosv", *url, *FAST_JUDGE, "--timeout", "5") == 0
+        # 2 concepts x 10 answers x 3 questions, + 4 retried attempts
+        assert server.request_count == 60 + 4
+        assert [str(s) for s in server.statuses[:4]] == ["429", "429", "slow", "500"]
         report = json.load(open(gen / "prosv" / "ratings" / "judge_report.json"))
         stats = report["stats"]
-        assert stats["retries"] >= 4 and stats["requests_sent"] == 60 + stats["retries"]
+        assert stats["retries"] == 4 and stats["requests_sent"] == 60 + 4
         assert stats["rated"] == 60 and stats["malformed"] == 3 and stats["failures"] == 0
         assert stats["prompt_tokens"] > 0 and stats["completion_tokens"] > 0 and report["status"] == "complete"
         assert server.auth_headers == {f"Bearer {KEY}"}
@@ -171,7 +168,7 @@ def test_pipeline(env):
 
         # --- robustness: the suppression attack from a file, the trained factor at 100% and 50%
         attack = root / "attack.jsonl"
-        instructions = load_alpaca_instructions(ALPACA)
+        instructions = load_alpaca_instructions()
         write_jsonl(attack, [{"concept_id": c, "instruction_index": i,
                               "instruction": f"{instructions[i]} Avoid {concept[c]}."}
                              for c in (0, 1) for i, _ in sample_instructions(instructions, c)])
@@ -258,18 +255,18 @@ def test_refusing_judge_keeps_finished_work(env, tmp_path):
     assert KEY not in (fresh / "ratings" / "judge_report.json").read_text()
 
 
-def _split_copy(tmp_path, metadata_lines=None) -> Path:
+def _split_copy(tmp_path, source: Path, metadata_lines=None) -> Path:
     split = tmp_path / "split" / "generate"
     split.mkdir(parents=True)
-    shutil.copy(SPLIT / "generate" / "train_data.parquet", split)
+    shutil.copy(source / "generate" / "train_data.parquet", split)
     if metadata_lines is None:
-        shutil.copy(SPLIT / "generate" / "metadata.jsonl", split)
+        shutil.copy(source / "generate" / "metadata.jsonl", split)
     else:
         (split / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metadata_lines))
     return split.parent
 
 
-def test_bad_input(env, tmp_path, capsys):
+def test_bad_input(env, tmp_path, capsys, concept10_split):
     prompts = tmp_path / "prompting.jsonl"
     write_jsonl(prompts, [{"concept_id": c, "prompt": "p"} for c in range(10)])
     base = ["axbench", "generate", *GEN_ARGS, "--out", tmp_path / "out"]
@@ -280,11 +277,11 @@ def test_bad_input(env, tmp_path, capsys):
     assert cli(*base, "--runs", env["train"], "--concepts", "0,5") == 2
     assert "no trained steering for concept id(s) [5]" in capsys.readouterr().err
     # missing column in the split's metadata
-    no_concept = _split_copy(tmp_path / "a", [{"concept_id": 0, "ref": "x"}])
+    no_concept = _split_copy(tmp_path / "a", concept10_split, [{"concept_id": 0, "ref": "x"}])
     assert cli(*base, "--prompting-file", prompts, "--split", no_concept) == 2
     assert "missing column(s) ['concept']" in capsys.readouterr().err
     # an empty split: clear errors from generate and from train
-    empty = _split_copy(tmp_path / "b", [])
+    empty = _split_copy(tmp_path / "b", concept10_split, [])
     assert cli(*base, "--prompting-file", prompts, "--split", empty) == 2
     assert "empty" in capsys.readouterr().err
     assert cli("axbench", "train", "--config", TINY_PROSV, f"--config.data.split_dir={empty}",
@@ -327,7 +324,7 @@ def test_per_row_factors_match_one_factor_per_batch(tmp_path, monkeypatch):
         assert gen.generate(prompts, params=params, factors=factors, **kw) == mixed
 
 
-def test_llm_written_prompts_and_rewrites(tmp_path, monkeypatch, capsys):
+def test_llm_written_prompts_and_rewrites(tmp_path, monkeypatch, capsys, concept10_split):
     """The judge endpoint writes the prompting baseline's prompts and the attack's rewrites (cached, key-free)."""
     from prosv_jax.evaluation.robustness import make_attack
 
@@ -339,15 +336,23 @@ def test_llm_written_prompts_and_rewrites(tmp_path, monkeypatch, capsys):
         assert cli(*args) == 0
         assert server.request_count == 3  # 2 prompts + 1 retry
         rows = read_jsonl(out)
-        assert [r["concept_id"] for r in rows] == [0, 1] and all(r["prompt"] for r in rows)
-        assert any("references to specific dates" in b["messages"][0]["content"] for b in server.bodies)
+        assert rows == [{"concept_id": 0, "prompt": "Always mention references to specific dates and publication "
+                                                    "information."},
+                        {"concept_id": 1, "prompt": "Always mention technical specifications related to audio "
+                                                    "products and their performance."}]  # the text between the markers
         assert cli(*args) == 0 and server.request_count == 3  # cached
         attack = make_attack("llm", judge_kwargs=dict(base_url=server.base_url, model="test-judge",
                                                       cache_dir=str(tmp_path / "rw"), backoff_base=0.01),
                              log=lambda *_: None)
         texts = attack({0: ("some concept", [(5, "Write a poem."), (7, "Sum 2 and 3.")])})
-        assert set(texts) == {(0, 5), (0, 7)} and all(texts.values())
-        assert any("Write a poem." in b["messages"][0]["content"] for b in server.bodies[-2:])
+        assert texts == {(0, 5): "Write a poem. Never mention some concept.",
+                         (0, 7): "Sum 2 and 3. Never mention some concept."}
+        # a reply without the markers (the server refuses this concept) is an error, not a prompt (M4)
+        refusing = _split_copy(tmp_path, concept10_split, [{"concept_id": 0, "concept": "refuse this concept"}])
+        refused = tmp_path / "refused.jsonl"
+        assert cli("axbench", "prompts", "--split", refusing, "--concepts", "0", "--out", refused,
+                   "--base-url", server.base_url, *FAST_JUDGE) == 2
+        assert "did not write the text between" in capsys.readouterr().err and not refused.exists()
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert KEY not in path.read_text(errors="replace")

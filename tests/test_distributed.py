@@ -22,7 +22,6 @@ from prosv_jax import distributed
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_FSSV = str(REPO / "experiments" / "configs" / "tiny_fssv.py")
-SPLIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "axbench" / "concept10" / "prod_2b_l10_v1"
 # 4 runs (2 seeds x 2 factor learning rates), one group each: process 0 trains groups 0 and 2, process 1 groups 1, 3.
 GRID = ["--config", TINY_FSSV, "--config.grid.seeds=[1, 2]", "--config.grid.factor_lrs=[1, 10]",
         "--config.train.runs_per_program=1", "--config.train.epochs=1", "--config.data.max_response=32",
@@ -127,12 +126,15 @@ def test_a_failing_process_stops_the_others_at_their_barrier():
 
 @pytest.fixture(scope="module")
 def builtin_cache(tmp_path_factory):
-    """The built-in model, built once before the processes start (they share the cache through the env)."""
+    """The built-in model and the bundled split, built once before the processes start (they share the cache through
+    the env)."""
     from prosv_jax.builtin import builtin_model_dir
+    from prosv_jax.data.bundled import concept10_split_dir
 
     old = os.environ.get("PROSV_JAX_CACHE")
     os.environ["PROSV_JAX_CACHE"] = str(tmp_path_factory.mktemp("prosv_cache"))
     builtin_model_dir()
+    concept10_split_dir()
     yield
     if old is None:
         os.environ.pop("PROSV_JAX_CACHE", None)
@@ -151,8 +153,6 @@ def _results(out: Path):
     return summary, summary_rows(str(out), summary), params, records
 
 
-@pytest.mark.skipif(not (SPLIT / "generate" / "train_data.parquet").is_file(),
-                    reason="AxBench data (../shared/data) not present")
 def test_two_processes_train_a_grid_as_one_process_does(builtin_cache, tmp_path):
     shared = tmp_path / "two"
     first, second = launch(["-m", "prosv_jax.cli", "train", *GRID, "--out", str(shared)])

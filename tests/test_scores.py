@@ -1,14 +1,11 @@
 """Steering-score arithmetic, factor selection and AlpacaEval instruction sampling (hand-computed cases)."""
 
 import json
-import os
 
 import pytest
 
 from prosv_jax.evaluation import (Rating, answer_score, concept_score, harmonic_mean_score, load_alpaca_instructions,
                                   overall_score, sample_instructions, score_concepts, select_factor)
-
-ALPACA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "alpaca_eval", "instructions.json")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -164,9 +161,11 @@ def test_load_alpaca_instructions(tmp_path):
         load_alpaca_instructions(p)
 
 
-@pytest.mark.skipif(not os.path.isfile(ALPACA), reason="shared AlpacaEval data not present")
-def test_real_alpaca_file():
-    instr = load_alpaca_instructions(ALPACA)
-    assert len(instr) == 805
+def test_bundled_alpaca_instructions():
+    """The bundled copy (a list of strings; the default) holds AlpacaEval's 805 instructions in file order."""
+    instr = load_alpaca_instructions()
+    assert len(instr) == 805 and len(set(instr)) == 805
+    assert instr[0] == "What are the names of some famous actors that started their careers on Broadway?"
     picks = sample_instructions(instr, 0)
-    assert picks == sample_instructions(instr, 0) and len(picks) == 10
+    assert [i for i, _ in picks] == [8, 258, 172, 317, 294, 251, 609, 331, 775, 320]
+    assert all(instr[i] == t for i, t in picks)

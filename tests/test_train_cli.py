@@ -17,11 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs"
 TINY_PROSV = str(CONFIGS / "tiny_prosv.py")
 TINY_FSSV = str(CONFIGS / "tiny_fssv.py")
-SPLIT = Path(__file__).resolve().parents[2] / "shared" / "data" / "axbench" / "concept10" / "prod_2b_l10_v1"
+SPLIT = "bundled:concept10"  # AxBench's concept10 prod_2b_l10_v1 split, shipped with prosv-jax
 PAPER_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.py") if p.stem not in ("base", "tiny_prosv", "tiny_fssv"))
-
-pytestmark = pytest.mark.skipif(not (SPLIT / "generate" / "train_data.parquet").is_file(),
-                                reason="AxBench data (../shared/data) not present")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -72,7 +69,7 @@ def test_overrides_coerce_types_parse_lists_and_save(tmp_path):
     assert list(config.grid.seeds) == [1, 2] and list(config.data.concept_ids) == [0, 3]
     assert config.steering.positions == "f1+l1" and config.steering.unit_norm is True
     assert config.optim.clip_norm is None and config.optim.eps == 1e-6
-    assert config.data.split_dir == str(SPLIT)  # resolved relative to the config file
+    assert config.data.split_dir == SPLIT
     path = save_config(config, tmp_path)
     saved = json.load(open(path))
     assert saved["optim"]["factor_lr"] == 10.0 and saved["grid"]["seeds"] == [1, 2]
@@ -125,7 +122,7 @@ def test_table_row():
 # --- data --------------------------------------------------------------------------------------------------------
 
 
-def test_axbench_positives_examples_and_negatives(tmp_path):
+def test_axbench_positives_examples_and_negatives(tmp_path, concept10_split):
     from transformers import AutoTokenizer
 
     from prosv_jax.builtin import builtin_model_dir
@@ -133,7 +130,16 @@ def test_axbench_positives_examples_and_negatives(tmp_path):
 
     pairs = axbench.concept_positives(SPLIT, 3)
     assert len(pairs) == 72 and all(i and o for i, o in pairs)
-    assert axbench.concept_positives(SPLIT / "generate", 3) == pairs
+    assert axbench.concept_positives(concept10_split / "generate", 3) == pairs
+    assert axbench.concept_positives(concept10_split, 3) == pairs
+    # the bundled split: AxBench's concept10 prod_2b_l10_v1 (10 concepts x 72 positives, 216 shared negatives)
+    assert axbench.concept_ids(SPLIT) == list(range(10))
+    assert axbench.load_metadata(SPLIT)[0]["concept"] == "references to specific dates and publication information"
+    import pandas as pd
+
+    table = pd.read_parquet(concept10_split / "generate" / "train_data.parquet")
+    assert (table.category == "negative").sum() == 216 and set(table[table.concept_id < 0].category) == {"negative"}
+    assert table[table.category == "positive"].groupby("concept_id").size().tolist() == [72] * 10
     tokenizer = AutoTokenizer.from_pretrained(builtin_model_dir())
     examples = axbench.lang_examples(tokenizer, pairs[:4], max_response=20)
     for (prompt, response), (instruction, output) in zip(examples, pairs):
@@ -188,7 +194,7 @@ def test_responses_are_cut_as_the_reference_cuts_them(tmp_path):
     assert n_neg > 128 and (neg == 128).all()
 
 
-def test_bad_input_is_a_clear_cli_error(tmp_path, capsys):
+def test_bad_input_is_a_clear_cli_error(tmp_path, capsys, concept10_split):
     import pandas as pd
 
     out = str(tmp_path / "out")
@@ -196,8 +202,8 @@ def test_bad_input_is_a_clear_cli_error(tmp_path, capsys):
     assert "unknown concept id 99" in capsys.readouterr().err
     broken = tmp_path / "broken" / "generate"
     broken.mkdir(parents=True)
-    (broken / "metadata.jsonl").write_text((SPLIT / "generate" / "metadata.jsonl").read_text())
-    pd.read_parquet(SPLIT / "generate" / "train_data.parquet").drop(columns=["category"]).to_parquet(
+    (broken / "metadata.jsonl").write_text((concept10_split / "generate" / "metadata.jsonl").read_text())
+    pd.read_parquet(concept10_split / "generate" / "train_data.parquet").drop(columns=["category"]).to_parquet(
         broken / "train_data.parquet")
     assert cli("--config", TINY_PROSV, "--out", out, f"--config.data.split_dir={broken.parent}") == 2
     err = capsys.readouterr().err

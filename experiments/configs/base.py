@@ -7,7 +7,8 @@ Fields:
   steering.*        layer (block L), positions (all | all_prompt | f{N} | l{N} | f{N}+l{M}),
                     kind (steering_vector | loreft), beta, c, lam, init (uniform | normal), unit_norm,
                     train_factor, rank (LoReFT)
-  data.*            split_dir (AxBench prod_<model>_<layer>_v1 folder or its generate/), concept_ids ([] = every
+  data.*            split_dir (AxBench prod_<model>_<layer>_v1 folder or its generate/, or "bundled:concept10":
+                    the concept10 split shipped with prosv-jax; "" = must be set by the user), concept_ids ([] = every
                     concept of the split), max_response (Lang's response cut in tokens; 0 = whole responses, as
                     the reference trains), simpo_max_response (SimPO's cut: 128, as the reference), negatives
                     (SimPO's JSONL, "" = none), chat
@@ -31,17 +32,10 @@ Fields:
   out_dir           where results go ("" = outputs/<config file name>); `--out DIR` overrides it
 """
 
-import os
-
 import ml_collections
 
-SHARED_DATA = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared",
-                                            "data"))
-
-
-def axbench_split(split: str, setting: str) -> str:
-    """<repo>/../shared/data/axbench/<split>/<setting>, e.g. ("concept10", "prod_2b_l10_v1")."""
-    return os.path.join(SHARED_DATA, "axbench", split, setting)
+# AxBench's concept10 prod_2b_l10_v1 training split, shipped with prosv-jax (prosv_jax/data/bundled.py).
+BUNDLED_SPLIT = "bundled:concept10"
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,13 +1,14 @@
 """gemma-2-2b L10, FSSV simpo (method.md table): beta=2, eta_alpha=0.1, c=1, eta_v=4e-2, 12 epochs, batch 6.
 
+Trains on the bundled concept10 split (AxBench prod_2b_l10_v1; --config.data.split_dir=DIR for another).
 Needs --config.model.path=/path/to/gemma-2-2b, plus the negatives JSONL: --config.data.negatives=FILE.
 """
 
-from base import axbench_split, paper_config
+from base import BUNDLED_SPLIT, paper_config
 
 
 def get_config():
     return paper_config(
         name="gemma-2-2b", layer=10, objective="simpo", positions="all", beta=2, factor_lr=0.1, c=1,
         direction_lr=4e-2, epochs=12, batch_size=6,
-        split_dir=axbench_split("concept10", "prod_2b_l10_v1"))
+        split_dir=BUNDLED_SPLIT)

@@ -1,9 +1,10 @@
-"""PrOSV (f2+l2), Lang, on the built-in tiny random model and AxBench concept 0: a CPU smoke run of the recipe.
+"""PrOSV (f2+l2), Lang, on the built-in tiny random model and AxBench concept 0 (the bundled concept10 split):
+a CPU smoke run of the recipe.
 
     prosv-jax train --config experiments/configs/tiny_prosv.py --out /tmp/tiny_prosv
 """
 
-from base import axbench_split, get_config as base_config
+from base import BUNDLED_SPLIT, get_config as base_config
 
 
 def get_config():
@@ -15,7 +16,7 @@ def get_config():
     config.steering.positions = "f2+l2"
     config.steering.beta = 4.0
     config.steering.c = 8.0
-    config.data.split_dir = axbench_split("concept10", "prod_2b_l10_v1")
+    config.data.split_dir = BUNDLED_SPLIT
     config.data.concept_ids = [0]
     config.optim.factor_lr = 1.0
     config.optim.direction_lr = 4e-2

@@ -1,16 +1,18 @@
 """`prosv-jax axbench STAGE`: the AxBench steering evaluation, one resumable stage per command (method.md section 4).
 
     prosv-jax axbench train      --config FILE [--config.a.b=v ...] [--out TRAIN]       (= prosv-jax train)
-    prosv-jax axbench generate   --model DIR --runs TRAIN --instructions ALPACA --out GEN [--factor X ...]
-    prosv-jax axbench generate   --model DIR --prompting-file F --split SPLIT --instructions ALPACA --out GEN
+    prosv-jax axbench generate   --model DIR --runs TRAIN [--instructions ALPACA] --out GEN [--factor X ...]
+    prosv-jax axbench generate   --model DIR --prompting-file F --split SPLIT [--instructions ALPACA] --out GEN
     prosv-jax axbench judge      --generations GEN [--judge openai|local] [--judge-model M] [--base-url U] [--cache C]
     prosv-jax axbench score      --ratings DIR [DIR ...] --out REPORT [--utility UTIL ...]
     prosv-jax axbench utility    --model DIR --runs TRAIN --mc F --gsm F --out UTIL [--first-k 10] [--factor-scales]
-    prosv-jax axbench robustness --model DIR --runs TRAIN --instructions ALPACA --out GEN
+    prosv-jax axbench robustness --model DIR --runs TRAIN [--instructions ALPACA] --out GEN
                                  (--attack-file F | --attack-template | --attack-llm) [--factor-scales 1,0.8,0.5]
     prosv-jax axbench prompts    --split SPLIT --out F.jsonl [--concepts ...] (judge endpoint options)
 
-File formats are documented in prosv_jax/evaluation/{answers,rating,report,utility,concept_prompts}.py.
+File formats are documented in prosv_jax/evaluation/{answers,rating,report,utility,concept_prompts}.py. A split may be
+'bundled:concept10' (AxBench's concept10 split shipped with prosv-jax); the instructions default to the bundled
+AlpacaEval instructions.
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ def _scales(text: str | None) -> list[float] | None:
 def _add_generation_args(p, with_factors: bool = True) -> None:
     p.add_argument("--model", required=True, help=model_names_help())
     p.add_argument("--runs", metavar="TRAIN_OUT", help="output folder of `prosv-jax train` (the steerings)")
-    p.add_argument("--instructions", required=True, metavar="PATH", help="AlpacaEval instructions.json")
+    p.add_argument("--instructions", metavar="PATH",
+                   help="AlpacaEval instructions.json (default: the bundled copy of the 805 instructions)")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--split", metavar="DIR", help="AxBench split folder (default: the runs' data.split_dir)")
+    p.add_argument("--split", metavar="DIR", help="AxBench split folder, or bundled:concept10 (default: the runs' "
+                                                  "data.split_dir)")
     p.add_argument("--concepts", metavar="IDS", help="concept ids to evaluate, e.g. 0,1 (default: all trained)")
     p.add_argument("--method", help="row label in the summary table (default: the runs folder's name)")
     p.add_argument("--setting", help="column label (default: '<model name> L<layer>' from the train config)")
@@ -115,10 +119,12 @@ def build_judge(args, cache: str):
 
 
 def _settings(args, **extra):
+    from prosv_jax.data.bundled import bundled_instructions_path
     from prosv_jax.evaluation.answers import GenerateSettings, factor_list
 
     return GenerateSettings(
-        model=args.model, out=args.out, instructions=args.instructions, runs=args.runs, split=args.split,
+        model=args.model, out=args.out, instructions=args.instructions or bundled_instructions_path(),
+        runs=args.runs, split=args.split,
         concepts=_ids(args.concepts), method=args.method, setting=args.setting,
         factors=factor_list(getattr(args, "factor", None)), factor_scales=_scales(args.factor_scales),
         prompting_file=getattr(args, "prompting_file", None), seed=args.seed, temperature=args.temperature,

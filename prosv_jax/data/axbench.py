@@ -7,6 +7,7 @@ A split folder is AxBench's `prod_<model>_<layer>_v1` (holding `generate/`) or i
   and `concept_id` (int; -1 for shared negatives).
 
 For concept c the training pairs are the rows with `concept_id == c` and `category == "positive"`.
+The split "bundled:concept10" is the concept10 split shipped with the package (`prosv_jax.data.bundled`).
 
 Negatives for SimPO (optional; AxBench does not ship them, so they are never made up here): a JSONL file with one
 object per line,
@@ -34,14 +35,18 @@ Pair = tuple[str, str]  # (instruction, response)
 
 
 def generate_dir(split_dir: str | os.PathLike) -> str:
-    """The folder holding `metadata.jsonl` and `train_data.parquet`: `split_dir/generate` or `split_dir`."""
-    split_dir = os.fspath(split_dir)
+    """The folder holding `metadata.jsonl` and `train_data.parquet`: `split_dir/generate` or `split_dir` (the
+    bundled split's folder for "bundled:concept10")."""
+    from prosv_jax.data.bundled import resolve_split
+
+    split_dir = resolve_split(split_dir)
     for candidate in (os.path.join(split_dir, "generate"), split_dir):
         if os.path.isfile(os.path.join(candidate, TRAIN_FILE)) or os.path.isfile(os.path.join(candidate,
                                                                                               METADATA_FILE)):
             return candidate
     raise FileNotFoundError(f"{split_dir}: no AxBench split here (expected {TRAIN_FILE} and {METADATA_FILE} in it "
-                            "or in its generate/ folder)")
+                            "or in its generate/ folder; 'bundled:concept10' is the concept10 split shipped with "
+                            "prosv-jax)")
 
 
 def _require(path: str, have: Sequence[str], required: Sequence[str]) -> None:

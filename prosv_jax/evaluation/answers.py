@@ -34,6 +34,8 @@ import re
 import time
 from typing import Callable, Sequence
 
+from prosv_jax.data.bundled import BUNDLED_SPLIT
+
 from .concept_prompts import load_prompting_file, prompting_prompt
 from .instructions import load_alpaca_instructions, sample_instructions
 from prosv_jax.files import write_json
@@ -192,7 +194,7 @@ def run_generate(s: GenerateSettings, attack: Callable[[dict], dict] | None = No
     if not split:
         raise ValueError("no AxBench split to read the concepts from: give --split DIR (a prod_<model>_<layer>_v1 "
                          "folder or its generate/ folder)")
-    split = os.path.abspath(split)
+    split = split if split == BUNDLED_SPLIT else os.path.abspath(split)
     concepts = concept_table(split)
     if s.concepts:
         ids = sorted({int(c) for c in s.concepts})

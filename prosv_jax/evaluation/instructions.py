@@ -10,17 +10,22 @@ from typing import Sequence
 import numpy as np
 
 
-def load_alpaca_instructions(path: str | os.PathLike) -> list[str]:
-    """Read ``alpaca_eval/instructions.json``: a JSON list ``[{"dataset": ..., "instruction": ...}, ...]``.
+def load_alpaca_instructions(path: str | os.PathLike | None = None) -> list[str]:
+    """Read AlpacaEval's ``instructions.json``: a JSON list ``[{"dataset": ..., "instruction": ...}, ...]``, or a list of
+    the instruction strings (the bundled copy's format); None: the bundled copy of the 805 instructions.
 
     Returns the instruction strings in file order (the order matters: sampling picks indices into this list).
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for invalid JSON or a wrong schema (not a list,
     an entry without a string ``"instruction"``, an empty list).
     """
+    if path is None:
+        from prosv_jax.data.bundled import bundled_instructions_path
+
+        path = bundled_instructions_path()
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"AlpacaEval instructions file not found: {path} "
-                                f"(expected shared/data/alpaca_eval/instructions.json or a copy of it)")
+                                f"(AlpacaEval's instructions.json; leave the path out for the bundled copy)")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -33,6 +38,9 @@ def load_alpaca_instructions(path: str | os.PathLike) -> list[str]:
         raise ValueError(f"AlpacaEval instructions file {path} holds an empty list")
     out = []
     for i, item in enumerate(data):
+        if isinstance(item, str):
+            out.append(item)
+            continue
         if not isinstance(item, dict) or not isinstance(item.get("instruction"), str):
             raise ValueError(f"AlpacaEval instructions file {path}: entry {i} has no string 'instruction' field "
                              f'(expected {{"dataset": ..., "instruction": ...}}), got {str(item)[:80]!r}')

@@ -45,13 +45,14 @@ def default_out(generations: str) -> str:
     return os.path.join(generations, "ratings")
 
 
-# Judge settings that do not change a rating (how requests are sent, where replies are cached).
-OPERATIONAL_KEYS = frozenset({"timeout", "max_concurrency", "max_retries", "backoff_base", "backoff_max", "cache_dir",
-                              "batch_size", "api_key_set"})
+# Judge settings that do not change a rating: how and where requests are sent (the endpoint too, as in the cache
+# key: the same model behind another URL is the same judge), where replies are cached.
+OPERATIONAL_KEYS = frozenset({"base_url", "timeout", "max_concurrency", "max_retries", "backoff_base", "backoff_max",
+                              "cache_dir", "batch_size", "api_key_set"})
 
 
 def judge_identity(config: dict) -> dict:
-    """The part of a judge's config that decides its ratings (model, endpoint, sampling, rubric, parse)."""
+    """The part of a judge's config that decides its ratings (kind, model, sampling, rubric, parse)."""
     return {k: v for k, v in config.items() if k not in OPERATIONAL_KEYS}
 
 
