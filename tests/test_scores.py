@@ -169,3 +169,66 @@ def test_bundled_alpaca_instructions():
     picks = sample_instructions(instr, 0)
     assert [i for i, _ in picks] == [8, 258, 172, 317, 294, 251, 609, 331, 775, 320]
     assert all(instr[i] == t for i, t in picks)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the score stage: comparable columns only (S1)
+
+def _rated(folder, method, ratings_by_concept, status="complete", generations=None):
+    """A ratings folder as `axbench judge` writes it: {cid: [(c, i, f), ...]} -> c<cid>.jsonl (+ judge files)."""
+    folder.mkdir(parents=True)
+    (folder / "judge.json").write_text(json.dumps({"judge": {"model": "j"}, "generations": generations}))
+    (folder / "judge_report.json").write_text(json.dumps({"status": status, "written": sorted(ratings_by_concept)}))
+    for cid, triples in ratings_by_concept.items():
+        rows = [{"method": method, "setting": "S", "concept_id": cid, "concept": f"concept {cid}",
+                 "instruction_pos": k, "ratings": dict(zip(("concept", "instruction", "fluency"), t))}
+                for k, t in enumerate(triples)]
+        (folder / f"c{cid}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def test_score_refuses_columns_over_different_concepts(tmp_path):
+    """The review's case: A rated on concepts {0, 1}, B on {0} only. Refused; with allow_mixed_concepts the table
+    shows each cell's concept count and a warning."""
+    from prosv_jax.evaluation.report import load_ratings, score_groups, write_report
+
+    _rated(tmp_path / "r" / "a", "A", {0: [(2, 2, 2)], 1: [(0, 2, 2)]})  # A: (2 + 0) / 2 = 1.0
+    _rated(tmp_path / "r" / "b", "B", {0: [(2, 2, 2)]})  # B: 2.0
+    groups = score_groups(load_ratings([tmp_path / "r"]))
+    assert {k[0]: (g["overall"], g["n_concepts"]) for k, g in groups.items()} == {"A": (1.0, 2), "B": (2.0, 1)}
+    with pytest.raises(ValueError, match=r"column 'S' compares methods over different concepts: A: \[0, 1\]; "
+                                         r"B: \[0\].*--allow-mixed-concepts"):
+        write_report(groups, str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    paths = write_report(groups, str(tmp_path / "out"), allow_mixed_concepts=True)
+    md = open(paths["summary_md"]).read()
+    assert "| A | 1.000 |" in md and "| B | 2.000 |" in md
+    assert "Concepts scored per cell" in md and "| A | 2 |" in md and "| B | 1 |" in md
+    assert "WARNING: column 'S' compares methods over different concepts" in md
+    saved = json.load(open(paths["scores"]))
+    assert [g["n_concepts"] for g in saved["groups"]] == [2, 1] and len(saved["warnings"]) == 1
+    # the same concepts: no warning
+    _rated(tmp_path / "same" / "a", "A", {0: [(2, 2, 2)]})
+    _rated(tmp_path / "same" / "b", "B", {0: [(1, 1, 1)]})
+    paths = write_report(score_groups(load_ratings([tmp_path / "same"])), str(tmp_path / "out2"))
+    assert "WARNING" not in open(paths["summary_md"]).read()
+
+
+def test_score_refuses_partial_ratings_folders(tmp_path):
+    from prosv_jax.evaluation.report import load_ratings
+
+    _rated(tmp_path / "p", "A", {0: [(2, 2, 2)]}, status="partial")
+    with pytest.raises(ValueError, match=r"ratings folder .*p is partial .*concepts rated: \[0\]"):
+        load_ratings([tmp_path / "p"])
+    killed = _rated(tmp_path / "k", "A", {0: [(2, 2, 2)]})
+    (killed / "judge_report.json").unlink()
+    with pytest.raises(ValueError, match="has no judge_report.json: its judge run did not finish"):
+        load_ratings([killed])
+    generations = tmp_path / "gen"
+    generations.mkdir()
+    for cid in (0, 1):
+        (generations / f"c{cid}.jsonl").write_text("{}\n")
+    _rated(tmp_path / "g", "A", {0: [(2, 2, 2)]}, generations=str(generations))
+    with pytest.raises(ValueError, match=r"lacks concept\(s\) \[1\] of .*gen: finish it with `prosv-jax axbench "
+                                         r"judge --generations"):
+        load_ratings([tmp_path / "g"])

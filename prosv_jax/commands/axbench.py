@@ -164,7 +164,7 @@ def run_score(args) -> int:
     from prosv_jax.evaluation.report import load_ratings, load_utility, score_groups, write_report
 
     groups = score_groups(load_ratings(args.ratings))
-    paths = write_report(groups, args.out, load_utility(args.utility))
+    paths = write_report(groups, args.out, load_utility(args.utility), args.allow_mixed_concepts)
     with open(paths["summary_md"]) as f:
         print(f.read().rstrip())
     print()
@@ -250,6 +250,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--utility", nargs="*", metavar="DIR", help="`axbench utility` output folders (for the table "
                                                                "and the utility-vs-robustness plot)")
+    p.add_argument("--allow-mixed-concepts", action="store_true",
+                   help="score a column whose methods were rated on different concepts (flagged in the table) "
+                        "instead of refusing it")
     p.set_defaults(run=run_score)
 
     p = stages.add_parser("utility", help="multiple-choice / GSM8K-style accuracy with the first K steerings")

@@ -6,8 +6,12 @@ AxBench's factor selection: per concept the factor with the best mean on instruc
 score is that factor's mean on instructions 5-9. Other groups are scored on all their answers.
 
 Outputs: per_answer.csv, per_concept.csv, summary.csv + summary.md (rows = methods, columns = settings; an attacked
-group's column is "<setting> [suppression]"), scores.json, score_by_method.png and, when utility results and attacked
-groups both exist, utility_vs_robustness.png.
+group's column is "<setting> [suppression]"; a second table gives every cell's number of concepts), scores.json,
+score_by_method.png and, when utility results and attacked groups both exist, utility_vs_robustness.png.
+
+A score is comparable only over the same concepts, so (S1) a ratings folder the judge did not finish is refused, and
+so is a column whose methods were rated on different concept sets, unless `allow_mixed_concepts`: the table then
+carries a warning naming each method's concepts.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import os
 from collections import defaultdict
 
 from prosv_jax.files import write_atomic, write_json
-from .records import read_jsonl
+from .records import read_json, read_jsonl
 from .rubric import FACTORS
 from .scores import answer_score, score_concepts, select_factor
 
@@ -41,9 +45,33 @@ def find_rating_dirs(paths) -> list[str]:
     return sorted(set(found))
 
 
+def check_complete(folder: str) -> None:
+    """Refuses a ratings folder the judge did not finish: its judge_report.json is missing or "partial", or a concept
+    of its generations folder (when that is still there) has no rating file."""
+    from .answers import concept_files
+    from .rating import JUDGE_FILE, REPORT_FILE
+
+    report_path = os.path.join(folder, REPORT_FILE)
+    generations = read_json(os.path.join(folder, JUDGE_FILE)).get("generations")
+    rerun = (f"finish it with `prosv-jax axbench judge --generations {generations} --out {folder}`"
+             if generations else "rerun `prosv-jax axbench judge` into it")
+    if not os.path.isfile(report_path):
+        raise ValueError(f"ratings folder {folder} has no {REPORT_FILE}: its judge run did not finish; {rerun}")
+    report = read_json(report_path)
+    if report.get("status") != "complete":
+        raise ValueError(f"ratings folder {folder} is partial (the judge stopped; concepts rated: "
+                         f"{report.get('written')}): {rerun}")
+    if generations and os.path.isdir(generations):
+        missing = sorted(set(concept_files(generations)) - set(concept_files(folder)))
+        if missing:
+            raise ValueError(f"ratings folder {folder} lacks concept(s) {missing} of {generations}: {rerun}")
+
+
 def load_ratings(paths) -> list[dict]:
+    """Every rated answer under `paths` (complete ratings folders only: see `check_complete`)."""
     records, seen = [], {}
     for folder in find_rating_dirs(paths):
+        check_complete(folder)
         for name in sorted(os.listdir(folder)):
             if not (name.startswith("c") and name.endswith(".jsonl")):
                 continue
@@ -126,6 +154,22 @@ def score_groups(records: list[dict]) -> dict:
     return dict(sorted(out.items(), key=lambda kv: (str(kv[0][1]), str(kv[0][2]), str(kv[0][0]))))
 
 
+def concept_set_warnings(groups: dict, allow_mixed_concepts: bool = False) -> list[str]:
+    """One line per column whose methods were scored on different concept sets; raises unless allowed (S1)."""
+    by_column: dict = defaultdict(dict)
+    for (method, setting, attack), g in groups.items():
+        by_column[column_of(setting, attack)][method] = tuple(sorted(g["per_concept"]))
+    lines = []
+    for column, sets in by_column.items():
+        if len(set(sets.values())) > 1:
+            lines.append(f"column {column!r} compares methods over different concepts: "
+                         + "; ".join(f"{m}: {list(ids)}" for m, ids in sets.items()))
+    if lines and not allow_mixed_concepts:
+        raise ValueError(lines[0] + ". Rate every method on the same concepts (or score them separately), or pass "
+                         "--allow-mixed-concepts to print the table with a warning")
+    return lines
+
+
 def _csv(rows: list[list]) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
@@ -158,14 +202,15 @@ def load_utility(paths) -> list[dict]:
     rows = []
     for path in paths or []:
         file = path if os.path.isfile(path) else os.path.join(path, UTILITY_FILE)
-        from .records import read_json
-
         rows += read_json(file)["rows"]
     return rows
 
 
-def write_report(groups: dict, out: str, utility_rows: list[dict] | None = None) -> dict:
-    """Writes every table and plot; returns {name: path}."""
+def write_report(groups: dict, out: str, utility_rows: list[dict] | None = None,
+                 allow_mixed_concepts: bool = False) -> dict:
+    """Writes every table and plot; returns {name: path}. Columns over different concept sets are refused unless
+    `allow_mixed_concepts` (then flagged in summary.md and scores.json)."""
+    warnings = concept_set_warnings(groups, allow_mixed_concepts)
     os.makedirs(out, exist_ok=True)
     paths = {k: os.path.join(out, v) for k, v in (
         ("per_answer", "per_answer.csv"), ("per_concept", "per_concept.csv"), ("summary_csv", "summary.csv"),
@@ -192,8 +237,12 @@ def write_report(groups: dict, out: str, utility_rows: list[dict] | None = None)
                                                                         for m in methods]))
     md = "AxBench steering score (0-2, higher is better; mean over concepts)\n\n"
     md += markdown_table(["method", *columns], [[m, *[fmt(m, c) for c in columns]] for m in methods])
-    n = {column_of(s, a): g["n_concepts"] for (_, s, a), g in groups.items()}
-    md += "\nconcepts per column: " + ", ".join(f"{c}: {n[c]}" for c in columns) + "\n"
+    n = {(m, column_of(s, a)): g["n_concepts"] for (m, s, a), g in groups.items()}
+    md += "\nConcepts scored per cell\n\n"
+    md += markdown_table(["method", *columns], [[m, *[str(n[(m, c)]) if (m, c) in n else "-" for c in columns]]
+                                                for m in methods])
+    for line in warnings:
+        md += f"\nWARNING: {line}\n"
     if utility_rows:
         tasks = sorted({r["task"] for r in utility_rows})
         umethods = list(dict.fromkeys(f"{r['method']} ({r['setting']})" for r in utility_rows))
@@ -204,9 +253,9 @@ def write_report(groups: dict, out: str, utility_rows: list[dict] | None = None)
     write_atomic(paths["summary_md"], md)
     write_json(paths["scores"], {
         "groups": [{"method": m, "setting": s, "attack": a, "overall": g["overall"], "factor_selection": g["selection"],
-                    "per_concept": {str(k): v for k, v in g["per_concept"].items()}}
+                    "n_concepts": g["n_concepts"], "per_concept": {str(k): v for k, v in g["per_concept"].items()}}
                    for (m, s, a), g in groups.items()],
-        "utility": utility_rows or []})
+        "warnings": warnings, "utility": utility_rows or []})
     plot_scores(methods, columns, cells, paths["plot"])
     if utility_rows and any(a for (_, _, a) in groups):
         paths["tradeoff"] = os.path.join(out, "utility_vs_robustness.png")
