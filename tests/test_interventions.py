@@ -324,6 +324,51 @@ def test_save_and_load_round_trip_and_refuse_another_model(pair, tmp_path):
         load_steering(tmp_path / "sv", model.cfg.replace(num_layers=1, layer_types=model.cfg.layer_types[:1]))
     with pytest.raises(FileNotFoundError, match="steering.json"):
         load_steering(tmp_path / "nothing")
+    # m8: a same-shaped model of another family is refused
+    with pytest.raises(ValueError, match=f"family={model.cfg.family}, but this model has family=other"):
+        load_steering(tmp_path / "sv", model.cfg.replace(family="other"))
+
+
+def test_steering_files_are_saved_as_a_pair_and_checked_on_load(pair, tmp_path, monkeypatch):
+    """m14: a kill between the two files leaves the old pair; m3: a corrupt or incomplete spec names the file."""
+    import json
+
+    import prosv_jax.interventions.io as io
+
+    _, model = pair
+    steering = Steering.single(1, SteeringVector(), "f2+l2")
+    old = steering.init_params(jax.random.key(1), model.cfg)
+    save_steering(tmp_path / "sv", steering, old, model.cfg, info={"v": 1})
+    (tmp_path / "sv" / "notes.txt").write_text("kept")
+    new = steering.init_params(jax.random.key(2), model.cfg)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed between the two files")
+
+    monkeypatch.setattr(io, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_steering(tmp_path / "sv", steering, new, model.cfg, info={"v": 2})
+    monkeypatch.undo()
+    _, params, spec = load_steering(tmp_path / "sv", model.cfg)
+    assert spec["info"] == {"v": 1}
+    np.testing.assert_array_equal(np.asarray(params["layer1"]["v"]), np.asarray(old["layer1"]["v"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sv"]  # no staging folder left behind
+    save_steering(tmp_path / "sv", steering, new, model.cfg, info={"v": 2})
+    _, params, spec = load_steering(tmp_path / "sv", model.cfg)
+    assert spec["info"] == {"v": 2} and (tmp_path / "sv" / "notes.txt").read_text() == "kept"
+    np.testing.assert_array_equal(np.asarray(params["layer1"]["v"]), np.asarray(new["layer1"]["v"]))
+
+    spec_path = tmp_path / "sv" / "steering.json"
+    good = json.loads(spec_path.read_text())
+    spec_path.write_text("{\n")
+    with pytest.raises(ValueError, match=f"{spec_path} is not valid JSON"):
+        load_steering(tmp_path / "sv")
+    spec_path.write_text(json.dumps({**good, "model": {"hidden_size": 8, "num_layers": 2}}))
+    with pytest.raises(ValueError, match=rf"{spec_path} lacks \['model.family'\]"):
+        load_steering(tmp_path / "sv")
+    spec_path.write_text(json.dumps({**good, "sites": [{"layer": 1}]}))
+    with pytest.raises(ValueError, match=f"{spec_path}: a site lacks a field"):
+        load_steering(tmp_path / "sv")
 
 
 def test_layer_out_of_range_is_refused(pair):
