@@ -34,12 +34,22 @@ def _leaf_parsers(parser: argparse.ArgumentParser):
             yield from _leaf_parsers(child)
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors a user can fix, printed as one line (exit 2): bad values and files (ValueError, FileNotFoundError), and a
+    judge endpoint that fails for good (JudgeError, PartialRatings). Anything else (a KeyError, ...) is a bug in
+    prosv-jax and keeps its traceback."""
+    from prosv_jax.evaluation.judges import JudgeError
+    from prosv_jax.evaluation.rating import PartialRatings
+
+    return ValueError, FileNotFoundError, JudgeError, PartialRatings
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     accept_config_fields(getattr(args, "accept_config_field", ()))
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, KeyError) as error:  # user errors: a message, not a traceback
+    except user_errors() as error:  # a message, not a traceback
         print(f"prosv-jax {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -298,6 +298,14 @@ def test_bad_input(env, tmp_path, capsys, concept10_split):
     assert cli("axbench", "robustness", *GEN_ARGS, "--runs", env["train"], "--out", tmp_path / "att",
                "--attack-file", attack) == 2
     assert "no rewritten instruction" in capsys.readouterr().err
+    # a dead judge endpoint: one line, exit 2, no traceback (M5)
+    server = JudgeServer().start()
+    dead = server.base_url
+    server.stop()
+    assert cli("axbench", "prompts", "--split", SPLIT, "--concepts", "0", "--out", tmp_path / "p.jsonl",
+               "--base-url", dead, *FAST_JUDGE, "--max-retries", "1") == 2
+    err = capsys.readouterr().err
+    assert "could not rate all requests" in err and "connection error" in err and "Traceback" not in err
     # nothing to score
     (tmp_path / "nothing").mkdir()
     assert cli("axbench", "score", "--ratings", tmp_path / "nothing", "--out", tmp_path / "r") == 2

@@ -103,7 +103,7 @@ def test_paper_configs_load_and_need_a_model_path(name, tmp_path, capsys):
     assert f"model.path is not set: pass --config.model.path=/path/to/{config.model.name}" in capsys.readouterr().err
     if config.objective == "simpo":  # with a model, SimPO still needs the negatives file
         assert cli("--config", str(CONFIGS / name), "--out", str(tmp_path / "out"), "--config.model.path=builtin",
-                   f"--config.data.split_dir={SPLIT}") == 2
+                   f"--config.data.split_dir={SPLIT}", "--config.steering.layer=1") == 2
         assert "needs concept-free responses" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written before the config is usable
 
@@ -214,6 +214,33 @@ def test_bad_input_is_a_clear_cli_error(tmp_path, capsys, concept10_split):
     assert "unknown config field 'optim.factr_lr'" in capsys.readouterr().err
     assert cli("--config", TINY_PROSV, "--out", out, "--config.steering.positions=middle") == 2
     assert "does not parse" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.train.epochs=None", "'train.epochs' is None: it must be an integer >= 1"),
+    ("--config.train.batch_size=0", "'train.batch_size' is 0: it must be an integer >= 1"),
+    ("--config.data.max_response=-3", "'data.max_response' is -3: it must be an integer >= 0"),
+    ("--config.optim.clip_norm=0", "'optim.clip_norm' is 0.0: it must be None (no clipping) or a number > 0"),
+    ("--config.optim.b2=1.0", "'optim.b2' is 1.0: it must be a number in [0, 1)"),
+    ("--config.train.prefix_cache=gpu", "'train.prefix_cache' is 'gpu': it must be one of 'device', 'host', 'off'"),
+    ("--config.grid.seeds=[1, -2]", "'grid.seeds' is [1, -2]"),
+    ("--config.steering.layer=99", "'steering.layer' is 99, but"),  # the built-in model has 4 blocks
+])
+def test_bad_config_values_are_one_line_errors_before_anything_loads(override, message, tmp_path, capsys,
+                                                                     monkeypatch):
+    """M6: each bad value is refused up front (exit 2, one line naming the field, no traceback, nothing written);
+    M5: nothing else is caught as a user error."""
+    import prosv_jax.commands.train as train
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data must not be read before the config is checked")
+
+    monkeypatch.setattr(train, "build_datasets", no_data)
+    out = tmp_path / "out"
+    assert cli("--config", TINY_PROSV, "--out", str(out), override) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
 
 
 # --- training ----------------------------------------------------------------------------------------------------

@@ -170,8 +170,12 @@ def build_datasets(config, tokenizer) -> tuple[dict, list[int]]:
 
 
 def check_config(config) -> None:
+    """Every value of the config checked before anything loads (types and ranges: `config_checks`)."""
+    from prosv_jax.config_checks import check_layer, check_values
     from prosv_jax.interventions.positions import PositionSpec
+    from prosv_jax.models.config import ModelConfig
 
+    check_values(config)
     for axis in MESH_AXES:
         size = config.mesh[axis]
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
@@ -183,6 +187,8 @@ def check_config(config) -> None:
         raise ValueError(f"model.dtype must be float32 or bfloat16, got {config.model.dtype!r}")
     PositionSpec.parse(config.steering.positions)
     _check_model_path(config)
+    model_dir = _model_dir(config)
+    check_layer(config, ModelConfig.from_pretrained(model_dir).num_layers, model_dir)
     if not config.data.split_dir:
         raise ValueError("data.split_dir is not set: pass --config.data.split_dir=DIR (an AxBench "
                          "prod_<model>_<layer>_v1 folder, or its generate/ folder)")
