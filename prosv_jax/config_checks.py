@@ -78,7 +78,7 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.runs_per_program": _int_at_least(1),
     "train.runs_per_chunk": _int_at_least(0),
     "train.param_dtype": _choice("float32", "bfloat16"),
-    "train.checkpoint_every": _int_at_least(0),
+    "train.checkpoint_every": _int_at_least(-1),
     "train.blowup_loss": _POSITIVE,
     "train.progress": _BOOL,
     "grid.seeds": _list_of(_int_at_least(0)),

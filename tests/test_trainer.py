@@ -33,12 +33,12 @@ def examples(seed: int, n: int = 10):
 
 
 def train(model, out, runs, *, runs_per_program, datasets=None, objective="lang", prefix_cache="device",
-          runs_per_chunk=0):
+          runs_per_chunk=0, **config):
     datasets = datasets or {"default": TrainDataset.from_examples(examples(0))}
     trainer = Trainer(model, STEERING, datasets, str(out), OptimConfig(factor_lr=0.3, direction_lr=0.05),
                       StepConfig(objective=objective),
                       TrainConfig(epochs=2, batch_size=4, runs_per_program=runs_per_program,
-                                  runs_per_chunk=runs_per_chunk, prefix_cache=prefix_cache, progress=False))
+                                  runs_per_chunk=runs_per_chunk, prefix_cache=prefix_cache, progress=False, **config))
     return trainer.train(runs)
 
 
@@ -61,6 +61,16 @@ def test_a_run_in_a_vmapped_grid_equals_the_run_alone(model, tmp_path, runs_per_
             np.testing.assert_allclose(np.asarray(grid[name]), np.asarray(alone[name]), rtol=1e-5, atol=1e-6)
     a, b = final_params(tmp_path / "grid", "a"), final_params(tmp_path / "grid", "b")
     assert not np.allclose(np.asarray(a["v"]), np.asarray(b["v"]))
+
+
+@pytest.mark.parametrize("every, steps", [(-1, [3, 6]), (0, [6]), (2, [4, 6])])
+def test_checkpoints_once_per_epoch_by_default(model, tmp_path, every, steps):
+    """M11: 10 examples in batches of 4 = 3 steps per epoch, 2 epochs: by default a checkpoint after each epoch (a
+    kill loses at most one); 0 = at the end only; N = every N steps (2 kept)."""
+    assert TrainConfig().checkpoint_every == -1
+    train(model, tmp_path, RUNS[:1], runs_per_program=1, checkpoint_every=every)
+    saved = tmp_path / "groups" / "group-0000" / "checkpoints"
+    assert sorted(int(p.name) for p in saved.iterdir() if p.name.isdigit()) == steps
 
 
 def test_a_diverging_run_is_flagged_and_frozen_while_the_others_finish_unchanged(model, tmp_path):

@@ -67,7 +67,9 @@ class TrainConfig:
     # all of the group's runs (accelerators, meshes).
     runs_per_chunk: int = 0
     param_dtype: str = "float32"
-    checkpoint_every: int = 0  # micro-steps between checkpoints; 0 = at the end of each group only
+    # micro-steps between checkpoints; -1 (default) = once per epoch, so a kill loses at most an epoch; 0 = at the end
+    # of each group only
+    checkpoint_every: int = -1
     progress: bool = True
 
     def __post_init__(self):
@@ -372,25 +374,30 @@ class Trainer:
 
         data = GroupData(self.model, self.steering, union, self.config, self.step_config, self.mesh, self.rules)
         meta = {"runs": [dataclasses.asdict(r) for r in group], **self.metadata}
+        every = self.config.checkpoint_every
+        if every < 0:
+            every = total // self.config.epochs  # the steps of one epoch
         bar = tqdm(range(first_step, total), desc=f"group {index}", disable=not self.config.progress,
                    initial=first_step, total=total)
-        with open(metrics_path, "a") as log:
-            for step in bar:
-                picks = [batch_indices(r.seed, step, sizes[r.dataset], self.config.batch_size) for r in group]
-                indices = np.stack([p[0] + offset[r.dataset] for p, r in zip(picks, group)])  # [K, B]
-                row_mask = np.stack([p[1] for p in picks])
-                state, metrics = run_step(model_state, state, lrs, data.gather(indices, row_mask))
-                metrics = jax.device_get(metrics)
-                for k, run in enumerate(group):
-                    log.write(json.dumps({"run": run.name, "step": step,
-                                          **{m: _scalar(v[k]) for m, v in metrics.items()}}) + "\n")
-                bar.set_postfix(loss=f"{np.nanmean(metrics['loss']):.3f}", alive=int(metrics["alive"].sum()))
-                every = self.config.checkpoint_every
-                if every and (step + 1) % every == 0 and step + 1 < total:
-                    log.flush()
-                    checkpoints.save(step + 1, state, meta)
-        checkpoints.save(total, state, meta)
-        checkpoints.close()
+        try:
+            with open(metrics_path, "a") as log:
+                for step in bar:
+                    picks = [batch_indices(r.seed, step, sizes[r.dataset], self.config.batch_size) for r in group]
+                    indices = np.stack([p[0] + offset[r.dataset] for p, r in zip(picks, group)])  # [K, B]
+                    row_mask = np.stack([p[1] for p in picks])
+                    state, metrics = run_step(model_state, state, lrs, data.gather(indices, row_mask))
+                    metrics = jax.device_get(metrics)
+                    for k, run in enumerate(group):
+                        log.write(json.dumps({"run": run.name, "step": step,
+                                              **{m: _scalar(v[k]) for m, v in metrics.items()}}) + "\n")
+                    bar.set_postfix(loss=f"{np.nanmean(metrics['loss']):.3f}", alive=int(metrics["alive"].sum()))
+                    if every and (step + 1) % every == 0 and step + 1 < total:
+                        log.flush()
+                        checkpoints.save(step + 1, state, meta)
+            checkpoints.save(total, state, meta)
+        finally:  # closed when a step raises too (m10)
+            bar.close()
+            checkpoints.close()
         summaries = self._finish(group, state, metrics_path)
         write_json(done_file, summaries)  # atomic: another process may read it as soon as it exists
         return summaries
