@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -112,3 +113,13 @@ def test_real_model_unsteered(tmp_path, monkeypatch):
     mtime = os.path.getmtime(out / "items" / "unsteered" / "mc" / "unsteered.jsonl")
     assert run_utility(settings, log=lambda *_: None) == rows
     assert os.path.getmtime(out / "items" / "unsteered" / "mc" / "unsteered.jsonl") == mtime
+    # S2: a rerun into the same folder with settings the predictions depend on changed is refused, not served stale
+    edited = tmp_path / "mc_edited.jsonl"
+    edited.write_text(Path(MC).read_text().replace("Paris", "Lyon"))
+    for change, field in ((dict(limit=2), "limit"), (dict(mc_max_new_tokens=8), "mc_max_new_tokens"),
+                          (dict(dtype="bfloat16"), "dtype"), (dict(mc=str(edited)), "mc_sha256")):
+        with pytest.raises(ValueError, match=rf"holds utility predictions made with other settings \(\['{field}'\] "
+                                             r"differ\).*new --out"):
+            run_utility(dataclasses.replace(settings, **change), log=lambda *_: None)
+    assert os.path.getmtime(out / "items" / "unsteered" / "mc" / "unsteered.jsonl") == mtime
+    assert run_utility(dataclasses.replace(settings, batch_size=2), log=lambda *_: None) == rows  # not a setting

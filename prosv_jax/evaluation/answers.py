@@ -39,7 +39,7 @@ from prosv_jax.data.bundled import BUNDLED_SPLIT
 from .concept_prompts import load_prompting_file, prompting_prompt
 from .instructions import load_alpaca_instructions, sample_instructions
 from prosv_jax.files import write_json
-from .records import read_json, write_jsonl
+from .records import check_same_settings, read_json, write_jsonl
 from .runs import check_concepts, concept_table, find_runs, setting_of_runs, split_of_runs
 
 SETTINGS_FILE = "generate.json"
@@ -132,15 +132,7 @@ def _stored_settings(s: GenerateSettings, model_dir: str, split: str, method: st
 
 
 def _check_resume(out: str, stored: dict) -> None:
-    path = os.path.join(out, SETTINGS_FILE)
-    if not os.path.isfile(path):
-        return
-    old = read_json(path)
-    free = ("concepts", "out")
-    changed = sorted(k for k in set(old) | set(stored) if k not in free and old.get(k) != stored.get(k))
-    if changed:
-        raise ValueError(f"{out} holds generations made with other settings ({changed} differ); rerun with the same "
-                         "settings to resume, or choose a new --out")
+    check_same_settings(out, SETTINGS_FILE, stored, "generations", free=("concepts", "out"))
 
 
 def _rows_for(concept_id: int, concept: str, sample, runs, s: GenerateSettings, method: str, prompts: dict | None,

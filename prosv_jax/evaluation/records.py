@@ -24,6 +24,29 @@ def read_json(path: str | os.PathLike):
             raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
+def check_same_settings(out: str, settings_file: str, stored: dict, what: str, free: Sequence[str] = ()) -> None:
+    """Refuses to resume into `out` when its `settings_file` (from an earlier run) differs from `stored` in a field
+    outside `free`: cached results made with other settings must never be reused as if they were new."""
+    path = os.path.join(out, settings_file)
+    if not os.path.isfile(path):
+        return
+    old = read_json(path)
+    changed = sorted(k for k in set(old) | set(stored) if k not in free and old.get(k) != stored.get(k))
+    if changed:
+        raise ValueError(f"{out} holds {what} made with other settings ({changed} differ); rerun with the same "
+                         "settings to resume, or choose a new --out")
+
+
+def file_sha256(path: str | os.PathLike | None) -> str | None:
+    """The sha256 of a file's bytes (None for no file): a changed file under the same name is another input."""
+    import hashlib
+
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (), what: str = "record") -> list[dict]:
     """Every non-blank line of a JSONL file as a dict; a clear error names the file, the line and a missing field."""
     path = os.fspath(path)

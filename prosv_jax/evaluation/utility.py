@@ -18,7 +18,9 @@ The gold number is the first number after the last "####" (commas dropped). The 
 
 Outputs: `utility.json` ({"rows": [{"method", "setting", "task", "accuracy", "per_concept", "n_items",
 "factor_scale"}]}), `utility.csv`, and per (method, task, concept) the predictions under `items/` (written atomically;
-a rerun skips what exists).
+a rerun skips what exists). `utility_settings.json` records what the predictions depend on (model, dtype, the item
+files' hashes, limit, token limits, runs, prompting file); a rerun into the same folder with other settings is
+refused (S2), so stale predictions are never read back as new ones.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ import re
 from typing import Callable, Sequence
 
 from prosv_jax.files import write_atomic, write_json
-from .records import read_json, read_jsonl, write_jsonl
+from .records import check_same_settings, file_sha256, read_json, read_jsonl, write_jsonl
 
 UTILITY_FILE = "utility.json"
+SETTINGS_FILE = "utility_settings.json"
 MC_FIELDS = ("question", "choices", "answer")
 GSM_FIELDS = ("question", "answer")
 LETTERS = "ABCDEFGHIJ"
@@ -223,7 +226,13 @@ def run_utility(s: UtilitySettings, log: Callable[[str], None] = print) -> list[
         methods[label] = (float(sc), [(r.concept_id, r, None) for r in runs])
     if prompts is not None:
         methods["prompting"] = (None, [(cid, None, prompts[cid]) for cid in sorted(prompts)])
+    stored = {"model": model_dir, "dtype": s.dtype, "limit": s.limit, "mc_sha256": file_sha256(s.mc),
+              "gsm_sha256": file_sha256(s.gsm), "mc_max_new_tokens": s.mc_max_new_tokens,
+              "gsm_max_new_tokens": s.gsm_max_new_tokens, "runs": os.path.abspath(s.runs) if s.runs else None,
+              "prompting_sha256": file_sha256(s.prompting_file)}
+    check_same_settings(s.out, SETTINGS_FILE, stored, "utility predictions")
     os.makedirs(s.out, exist_ok=True)
+    write_json(os.path.join(s.out, SETTINGS_FILE), stored)
     gen = None
     rows = []
     for label, (scale, members) in methods.items():
