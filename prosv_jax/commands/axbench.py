@@ -3,6 +3,8 @@
     prosv-jax axbench train      --config FILE [--config.a.b=v ...] [--out TRAIN]       (= prosv-jax train)
     prosv-jax axbench generate   --model DIR --runs TRAIN [--instructions ALPACA] --out GEN [--factor X ...]
     prosv-jax axbench generate   --model DIR --prompting-file F --split SPLIT [--instructions ALPACA] --out GEN
+    prosv-jax axbench diffmean   --model DIR --split SPLIT --layer L --out TRAIN [--concepts ...] [--positions all]
+    prosv-jax axbench generate   --model DIR --runs TRAIN --out GEN --factor-grid    (factor selection, 14 factors)
     prosv-jax axbench judge      --generations GEN [--judge openai|local] [--judge-model M] [--base-url U] [--cache C]
     prosv-jax axbench score      --ratings DIR [DIR ...] --out REPORT [--utility UTIL ...]
     prosv-jax axbench utility    --model DIR --runs TRAIN --mc F --gsm F --out UTIL [--first-k 10] [--factor-scales]
@@ -45,6 +47,14 @@ def _scales(text: str | None) -> list[float] | None:
     return values
 
 
+def _grid(text: str | None) -> list[float] | None:
+    from prosv_jax.evaluation.answers import DEFAULT_FACTOR_GRID
+
+    if text is None:
+        return None
+    return list(DEFAULT_FACTOR_GRID) if text == "default" else _scales(text)
+
+
 def _add_generation_args(p, with_factors: bool = True) -> None:
     p.add_argument("--model", required=True, help=model_names_help())
     p.add_argument("--runs", metavar="TRAIN_OUT", help="output folder of `prosv-jax train` (the steerings)")
@@ -65,8 +75,12 @@ def _add_generation_args(p, with_factors: bool = True) -> None:
     p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
     if with_factors:
         p.add_argument("--factor", action="append", metavar="X",
-                       help="a fixed factor (repeatable or comma-separated): a factor sweep, scored with factor "
-                            "selection (AxBench: 14 factors)")
+                       help="a fixed factor alpha (repeatable or comma-separated): a factor sweep, scored with factor "
+                            "selection (absolute: its effect depends on the steering's |v|)")
+        p.add_argument("--factor-grid", nargs="?", const="default", metavar="R",
+                       help="a factor sweep relative to each steering's own factor (alpha x R for each R, "
+                            "comma-separated), scored with factor selection; without R, the 14 multiples of "
+                            "DEFAULT_FACTOR_GRID (0.1 .. 4). For DiffMean, alpha = |d|")
         p.add_argument("--prompting-file", metavar="F",
                        help="prompting baseline: JSONL {concept_id, prompt} (no steering; give --split)")
     p.add_argument("--factor-scales", metavar="S", help="the trained factor times each scale, e.g. 1,0.8,0.5")
@@ -127,6 +141,7 @@ def _settings(args, **extra):
         runs=args.runs, split=args.split,
         concepts=_ids(args.concepts), method=args.method, setting=args.setting,
         factors=factor_list(getattr(args, "factor", None)), factor_scales=_scales(args.factor_scales),
+        factor_grid=_grid(getattr(args, "factor_grid", None)),
         prompting_file=getattr(args, "prompting_file", None), seed=args.seed, temperature=args.temperature,
         max_new_tokens=args.max_new_tokens, n_instructions=args.n_instructions, batch_size=args.batch_size,
         dtype=args.dtype, chat=not args.no_chat, **extra)
@@ -140,6 +155,16 @@ def run_generate(args) -> int:
     result = generate(_settings(args))
     print(f"generations: {os.path.abspath(result['out'])} (written {result['written']}, skipped "
           f"{result['skipped']})")
+    return 0
+
+
+def run_diffmean(args) -> int:
+    from prosv_jax.evaluation.diffmean import run_diffmean as diffmean
+
+    folders = diffmean(args.model, args.split, args.layer, args.out, _ids(args.concepts), args.positions,
+                       args.batch_size, args.dtype)
+    print(f"diffmean steerings: {os.path.abspath(args.out)} ({len(folders)} concepts); next: prosv-jax axbench "
+          f"generate --model {args.model} --runs {args.out} --factor-grid --out GEN")
     return 0
 
 
@@ -237,6 +262,17 @@ def add_parser(subparsers) -> None:
     p = stages.add_parser("generate", help="steered (or prompted) answers to 10 AlpacaEval instructions per concept")
     _add_generation_args(p)
     p.set_defaults(run=run_generate)
+
+    p = stages.add_parser("diffmean", help="a DiffMean steering per concept (the optimisation-free baseline)")
+    p.add_argument("--model", required=True, help=model_names_help())
+    p.add_argument("--split", required=True, metavar="DIR", help="AxBench split folder, or bundled:concept10")
+    p.add_argument("--layer", required=True, type=int, help="the block L whose output is steered")
+    p.add_argument("--out", required=True, metavar="DIR", help="a train-like folder (runs/c<id>-diffmean/)")
+    p.add_argument("--concepts", metavar="IDS", help="concept ids, e.g. 0,1 (default: every concept of the split)")
+    p.add_argument("--positions", default="all", help="where the steering applies (default all, as AxBench)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.set_defaults(run=run_diffmean)
 
     p = stages.add_parser("judge", help="rate every answer on the three rubric questions")
     p.add_argument("--generations", required=True, metavar="DIR", help="an `axbench generate` output folder")

@@ -93,13 +93,23 @@ def concept_positives(split_dir: str | os.PathLike, concept_id: int) -> list[Pai
         span = f"{min(valid)}..{max(valid)}" if valid else "none"
         raise ValueError(f"unknown concept id {concept_id} in {generate_dir(split_dir)}: valid ids are {span} "
                          f"({len(valid)} concepts)")
+    return _pairs(split_dir, int(concept_id), "positive")
+
+
+def shared_negatives(split_dir: str | os.PathLike) -> list[Pair]:
+    """(instruction, output) of the split's shared negative rows (concept_id -1: concept-free texts), e.g. for
+    DiffMean's negative mean; they answer other instructions than the positives, so SimPO cannot use them."""
+    return _pairs(split_dir, -1, "negative")
+
+
+def _pairs(split_dir, concept_id: int, category: str) -> list[Pair]:
     path = os.path.join(generate_dir(split_dir), TRAIN_FILE)
     table = _load(path, "from_parquet", TRAIN_COLUMNS)
     cols = {c: table[c] for c in TRAIN_COLUMNS}
     pairs = [(i, o) for i, o, cat, c in zip(cols["input"], cols["output"], cols["category"], cols["concept_id"])
-             if int(c) == int(concept_id) and cat == "positive"]
+             if int(c) == concept_id and cat == category]
     if not pairs:
-        raise ValueError(f"{path}: concept {concept_id} has no positive rows")
+        raise ValueError(f"{path}: concept {concept_id} has no {category} rows")
     return pairs
 
 

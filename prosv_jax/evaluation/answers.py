@@ -8,12 +8,14 @@ Output folder:
 Record fields (every setting needed to reproduce the answer):
 
     method, setting          labels of the table's row and column (e.g. "PrOSV Lang", "Gemma-2-2B L10")
-    mode                     "steering" (the trained factor) | "sweep" (fixed factors) | "scaled" (trained x scale)
+    mode                     "steering" (the trained factor) | "sweep" (fixed factors, or the trained factor times
+                             each value of a factor grid) | "scaled" (trained x scale)
                              | "prompting" (no steering; a steering prompt before the instruction)
     attack                   null, or "suppression" (the instruction was rewritten to avoid the concept)
     concept_id, concept      the concept and its description
     run, steering            the trained run's name and folder (null for prompting)
     factor, factor_scale     the steering vector's factor alpha used (null for prompting or LoReFT), its scale
+                             (relative to the trained factor: --factor-scales, --factor-grid)
     instruction_pos          0..9: position in the concept's sample (factor selection: choose on 0-4, report on 5-9)
     instruction_index        index in AlpacaEval's instructions.json
     instruction              the original instruction (what the judge sees)
@@ -45,6 +47,12 @@ from .runs import check_concepts, concept_table, find_runs, setting_of_runs, spl
 SETTINGS_FILE = "generate.json"
 
 
+# The default grid of `--factor-grid`: 14 multiples of a steering's own factor (for DiffMean, of |d|, the norm of the
+# mean difference), so the sweep's units follow the steering's natural edit size instead of an absolute alpha whose
+# meaning depends on |v| (review M7). The values are this project's choice, denser around 1.
+DEFAULT_FACTOR_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0)
+
+
 @dataclasses.dataclass
 class GenerateSettings:
     model: str
@@ -55,7 +63,8 @@ class GenerateSettings:
     concepts: list[int] | None = None  # default: the concepts of the runs (prompting: of the split)
     method: str | None = None
     setting: str | None = None
-    factors: list[float] | None = None  # a fixed-factor sweep
+    factors: list[float] | None = None  # a fixed-factor sweep (absolute factors)
+    factor_grid: list[float] | None = None  # a sweep of the trained factor times each value (factor selection)
     factor_scales: list[float] | None = None  # the trained factor times each scale
     prompting_file: str | None = None
     attack: str | None = None  # a label of the instruction rewrite ("suppression"), set by the robustness stage
@@ -98,10 +107,10 @@ def _check(s: GenerateSettings) -> None:
                          "(use --split/--concepts to choose the concepts)")
     if not s.prompting_file and not s.runs:
         raise ValueError("give --runs TRAIN_OUT_DIR (steering) or --prompting-file FILE (prompting baseline)")
-    if s.factors and s.factor_scales:
-        raise ValueError("--factor (a sweep of fixed factors) and --factor-scales (the trained factor scaled) "
-                         "exclude each other")
-    if s.prompting_file and (s.factors or s.factor_scales):
+    if sum(bool(x) for x in (s.factors, s.factor_scales, s.factor_grid)) > 1:
+        raise ValueError("--factor (a sweep of fixed factors), --factor-grid (a sweep relative to the trained factor) "
+                         "and --factor-scales (the trained factor scaled) exclude each other")
+    if s.prompting_file and (s.factors or s.factor_scales or s.factor_grid):
         raise ValueError("factors apply to steerings, not to the prompting baseline")
     if s.temperature < 0 or s.max_new_tokens < 1 or s.n_instructions < 1:
         raise ValueError("temperature must be >= 0, max_new_tokens and n_instructions >= 1")
@@ -111,7 +120,8 @@ def _labels(s: GenerateSettings, model_dir: str) -> tuple[str, str]:
     if s.prompting_file:
         method = s.method or "prompting"
     else:
-        method = s.method or os.path.basename(os.path.normpath(s.runs)) + (" (factor selected)" if s.factors else "")
+        method = s.method or os.path.basename(os.path.normpath(s.runs)) + (
+            " (factor selected)" if s.factors or s.factor_grid else "")
     if s.setting:
         setting = s.setting
     elif s.runs:
@@ -153,6 +163,10 @@ def _rows_for(concept_id: int, concept: str, sample, runs, s: GenerateSettings, 
             if alpha is None:
                 raise ValueError(f"{run.path}: a factor sweep needs a steering vector (this steering has no factor)")
             settings = [(label, "sweep", float(f), None) for f in s.factors]
+        elif s.factor_grid:
+            if alpha is None:
+                raise ValueError(f"{run.path}: --factor-grid needs a steering vector (this steering has no factor)")
+            settings = [(label, "sweep", alpha * r, float(r)) for r in s.factor_grid]
         elif s.factor_scales:
             if alpha is None:
                 raise ValueError(f"{run.path}: --factor-scales needs a steering vector (this steering has no factor)")

@@ -1,4 +1,8 @@
-"""DiffMean: an optimisation-free direction, the mean block-L residual on positive minus negative texts."""
+"""DiffMean: an optimisation-free direction, the mean block-L residual on positive minus negative texts.
+
+`diffmean_direction` does it in one batch; `masked_sum` lets a caller accumulate the two means over many batches
+(the `axbench diffmean` stage, `prosv_jax.evaluation.diffmean`).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,16 @@ def _masked_means(hidden: jax.Array, token_mask: jax.Array, positive: jax.Array)
     neg = weights * (~positive)[:, None]
     total = lambda w: jnp.einsum("bt,btd->d", w, hidden.astype(jnp.float32)) / jnp.maximum(w.sum(), 1.0)  # noqa
     return total(pos) - total(neg)
+
+
+def masked_sum(model: Decoder, layer: int, tokens, valid, token_mask) -> tuple[jax.Array, jax.Array]:
+    """(sum over the masked tokens of the block-`layer` residual [d] in float32, number of masked tokens)."""
+    if not 0 <= layer < model.cfg.num_layers:
+        raise ValueError(f"layer {layer} is out of range; the model has blocks 0..{model.cfg.num_layers - 1}")
+    tokens, valid = jnp.asarray(tokens), jnp.asarray(valid, bool)
+    hidden, _, _ = model.run_blocks(model.embed(tokens), positions_from_valid(valid), valid, stop=layer + 1)
+    weights = (jnp.asarray(token_mask, bool) & valid).astype(jnp.float32)
+    return jnp.einsum("bt,btd->d", weights, hidden.astype(jnp.float32)), weights.sum()
 
 
 def diffmean_direction(model: Decoder, layer: int, tokens, valid, token_mask, positive) -> jax.Array:
