@@ -123,3 +123,57 @@ def test_real_model_unsteered(tmp_path, monkeypatch):
             run_utility(dataclasses.replace(settings, **change), log=lambda *_: None)
     assert os.path.getmtime(out / "items" / "unsteered" / "mc" / "unsteered.jsonl") == mtime
     assert run_utility(dataclasses.replace(settings, batch_size=2), log=lambda *_: None) == rows  # not a setting
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the reference protocol (m12)
+
+def test_reference_matching_by_hand():
+    from prosv_jax.evaluation.utility import reference_correct
+
+    mc = {"choices": ["w", "x", "y", "z"], "answer": 1}
+    assert reference_correct("mc", "I would pick B, since", mc) == (1, True)  # the gold letter appears
+    assert reference_correct("mc", "A or B? A.", mc) == (1, True)  # anywhere (prosv's parse takes the first: A)
+    assert reference_correct("mc", "Because the answer is C", mc) == (None, False)
+    assert reference_correct("mc", "Bread", mc) == (None, False)  # a letter inside a word does not count
+    gsm = {"gold": 8.0}
+    assert reference_correct("gsm", "8 apples, and 12 pears", gsm) == (8.0, True)  # any number, scanning back
+    assert reference_correct("gsm", "about 8.0004", gsm) == (8.0004, True)  # within 1e-3
+    assert reference_correct("gsm", "8.002 or 1,200", gsm) == (1200.0, False)
+    assert reference_correct("gsm", "no idea", gsm) == (None, False)
+
+
+def test_reference_prompts_are_few_shot_chat_turns():
+    mc, gsm = load_mc(MC), load_gsm(GSM)
+    seen = []
+    acc, preds = evaluate("mc", mc[2:3], lambda ps: seen.extend(ps) or ["B"] * len(ps), "reference", mc[:2])
+    assert seen == [[{"role": "user", "content": mc_prompt(mc[0])}, {"role": "assistant", "content": "B"},
+                     {"role": "user", "content": mc_prompt(mc[1])}, {"role": "assistant", "content": "A"},
+                     {"role": "user", "content": mc_prompt(mc[2])}]]
+    seen.clear()
+    evaluate("gsm", gsm[1:2], lambda ps: seen.extend(ps) or ["48"] * len(ps), "reference", gsm[:1])
+    assert seen[0][1] == {"role": "assistant", "content": gsm[0]["answer"]}  # the worked solution
+    assert seen[0][2] == {"role": "user", "content": gsm_prompt(gsm[1])}
+    with pytest.raises(ValueError, match="protocol"):
+        evaluate("mc", mc, lambda ps: ps, "zero-shot")
+
+
+def test_reference_protocol_runs_on_a_real_model(tmp_path, monkeypatch):
+    """The few-shot turns go through the chat template of a real (built-in) model; settings are recorded."""
+    monkeypatch.setenv("PROSV_JAX_CACHE", str(tmp_path / "cache"))
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text("".join(line for line in open(MC).readlines()[:1]))
+    settings = UtilitySettings(model="builtin", out=str(tmp_path / "u"), mc=MC, protocol="reference",
+                               mc_shots=str(shots), mc_max_new_tokens=3, batch_size=4, limit=2)
+    rows = run_utility(settings, log=lambda *_: None)
+    preds = [json.loads(line) for line in open(tmp_path / "u" / "items" / "unsteered" / "mc" / "unsteered.jsonl")]
+    from prosv_jax.evaluation.utility import reference_correct
+
+    items = load_mc(MC)
+    assert [p["correct"] for p in preds] == [reference_correct("mc", p["answer"], items[p["item"]])[1]
+                                            for p in preds]
+    assert rows[0]["accuracy"] == sum(p["correct"] for p in preds) / 2
+    stored = json.load(open(tmp_path / "u" / "utility_settings.json"))
+    assert (stored["protocol"], stored["mc_max_new_tokens"], stored["gsm_max_new_tokens"]) == ("reference", 3, 512)
+    with pytest.raises(ValueError, match="belong to --protocol reference"):
+        run_utility(dataclasses.replace(settings, protocol="prosv", out=str(tmp_path / "v")), log=lambda *_: None)

@@ -207,7 +207,8 @@ def run_utility(args) -> int:
         factor_scales=_scales(args.factor_scales), prompting_file=args.prompting_file, split=args.split,
         method=args.method, setting=args.setting, unsteered=not args.no_unsteered, limit=args.limit,
         mc_max_new_tokens=args.mc_max_new_tokens, gsm_max_new_tokens=args.gsm_max_new_tokens,
-        batch_size=args.batch_size, dtype=args.dtype))
+        batch_size=args.batch_size, dtype=args.dtype, protocol=args.protocol, mc_shots=args.mc_shots,
+        gsm_shots=args.gsm_shots))
     print(f"utility: {os.path.abspath(os.path.join(args.out, 'utility.json'))} ({len(rows)} rows)")
     return 0
 
@@ -305,8 +306,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--setting")
     p.add_argument("--no-unsteered", action="store_true")
     p.add_argument("--limit", type=int, help="use the first N items of each file")
-    p.add_argument("--mc-max-new-tokens", type=int, default=16)
-    p.add_argument("--gsm-max-new-tokens", type=int, default=256)
+    p.add_argument("--protocol", choices=("prosv", "reference"), default="prosv",
+                   help="prosv: zero-shot prompts, 16/256 tokens, strict parses; reference: method.md's (few-shot "
+                        "chat turns from --mc-shots/--gsm-shots, 128/512 tokens, the reference's answer matching)")
+    p.add_argument("--mc-shots", metavar="FILE", help="few-shot multiple-choice examples (reference protocol)")
+    p.add_argument("--gsm-shots", metavar="FILE", help="few-shot GSM8K-style examples (reference protocol)")
+    p.add_argument("--mc-max-new-tokens", type=int, help="default: 16 (prosv) or 128 (reference)")
+    p.add_argument("--gsm-max-new-tokens", type=int, help="default: 256 (prosv) or 512 (reference)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.set_defaults(run=run_utility)

@@ -16,6 +16,15 @@ GSM8K-style file (tinyGSM8K format; JSONL or JSON list):
 The gold number is the first number after the last "####" (commas dropped). The model is asked to end with
 "#### <number>"; its prediction is the first number after its last "####", else the last number in its answer.
 
+Two protocols (`protocol`):
+
+- "prosv" (default): the zero-shot prompts above, 16 / 256 new tokens, the parses above;
+- "reference" (method.md section 4, the paper's code): the few-shot examples (`mc_shots` / `gsm_shots`: files of the
+  same schema) become chat turns, each shot's prompt a user turn and its gold answer an assistant turn (the letter;
+  the worked solution), then the item's prompt; 128 new tokens for multiple choice, 512 for GSM8K; an MC answer counts
+  when the gold letter appears in it (as a standalone letter), a GSM8K answer when any number found scanning from its
+  end equals the gold number within 1e-3.
+
 Outputs: `utility.json` ({"rows": [{"method", "setting", "task", "accuracy", "per_concept", "n_items",
 "factor_scale"}]}), `utility.csv`, and per (method, task, concept) the predictions under `items/` (written atomically;
 a rerun skips what exists). `utility_settings.json` records what the predictions depend on (model, dtype, the item
@@ -141,18 +150,57 @@ TASKS = {
 }
 
 
-def evaluate(task: str, items: Sequence[dict], generate: Callable[[list[str]], Sequence[str]]
-             ) -> tuple[float, list[dict]]:
-    """(accuracy, per-item predictions) of `generate(prompts) -> answers` on one task ("mc" or "gsm")."""
+PROTOCOLS = ("prosv", "reference")
+MAX_NEW_TOKENS = {"prosv": {"mc": 16, "gsm": 256}, "reference": {"mc": 128, "gsm": 512}}
+
+
+def shot_turns(task: str, shots: Sequence[dict]) -> list[dict]:
+    """The few-shot examples as chat turns: the shot's prompt (user), its gold answer (assistant)."""
+    make_prompt = TASKS[task][0]
+    turns = []
+    for shot in shots:
+        answer = LETTERS[shot["answer"]] if task == "mc" else str(shot["answer"])
+        turns += [{"role": "user", "content": make_prompt(shot)}, {"role": "assistant", "content": answer}]
+    return turns
+
+
+def reference_correct(task: str, text: str, item: dict) -> tuple[object, bool]:
+    """(prediction, correct) by the reference's matching: MC, the gold letter appears in the answer; GSM8K, a number
+    found scanning from the end of the answer equals the gold number within 1e-3 (the prediction: that number, else
+    the last one)."""
+    if task == "mc":
+        letter = LETTERS[item["answer"]]
+        found = re.search(r"\b%s\b" % letter, text) is not None
+        return (item["answer"] if found else None), found
+    numbers = [float(n.replace(",", "").replace("$", "")) for n in _NUMBER.findall(text)]
+    for value in reversed(numbers):
+        if abs(value - item["gold"]) < 1e-3:
+            return value, True
+    return (numbers[-1] if numbers else None), False
+
+
+def evaluate(task: str, items: Sequence[dict], generate: Callable[[list], Sequence[str]], protocol: str = "prosv",
+             shots: Sequence[dict] = ()) -> tuple[float, list[dict]]:
+    """(accuracy, per-item predictions) of `generate(prompts) -> answers` on one task ("mc" or "gsm"); with the
+    reference protocol the prompts are chat-message lists (few-shot turns, then the item)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"utility protocol must be one of {PROTOCOLS}, got {protocol!r}")
     make_prompt, parse, gold = TASKS[task]
-    prompts = [make_prompt(item) for item in items]
+    if protocol == "reference":
+        turns = shot_turns(task, shots)
+        prompts = [turns + [{"role": "user", "content": make_prompt(item)}] for item in items]
+    else:
+        prompts = [make_prompt(item) for item in items]
     answers = list(generate(prompts))
     if len(answers) != len(prompts):
         raise ValueError(f"generate returned {len(answers)} answers for {len(prompts)} prompts")
     preds = []
     for n, (item, text) in enumerate(zip(items, answers)):
-        pred = parse(text, item)
-        correct = pred is not None and (abs(pred - gold(item)) < 1e-6 if task == "gsm" else pred == gold(item))
+        if protocol == "reference":
+            pred, correct = reference_correct(task, text, item)
+        else:
+            pred = parse(text, item)
+            correct = pred is not None and (abs(pred - gold(item)) < 1e-6 if task == "gsm" else pred == gold(item))
         preds.append({"item": n, "answer": text, "prediction": pred, "gold": gold(item), "correct": bool(correct)})
     return sum(p["correct"] for p in preds) / len(preds), preds
 
@@ -172,10 +220,13 @@ class UtilitySettings:
     setting: str | None = None
     unsteered: bool = True
     limit: int | None = None
-    mc_max_new_tokens: int = 16
-    gsm_max_new_tokens: int = 256
+    mc_max_new_tokens: int | None = None  # None: the protocol's (MAX_NEW_TOKENS)
+    gsm_max_new_tokens: int | None = None
     batch_size: int = 16
     dtype: str = "float32"
+    protocol: str = "prosv"  # or "reference" (method.md section 4)
+    mc_shots: str | None = None  # few-shot examples (reference protocol), same schema as the items
+    gsm_shots: str | None = None
 
 
 def _slug(text: str) -> str:
@@ -194,6 +245,13 @@ def run_utility(s: UtilitySettings, log: Callable[[str], None] = print) -> list[
         raise ValueError("give --mc FILE and/or --gsm FILE (schemas in prosv_jax/evaluation/utility.py)")
     if s.first_k < 1:
         raise ValueError(f"--first-k must be >= 1, got {s.first_k}")
+    if s.protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {PROTOCOLS}, got {s.protocol!r}")
+    if s.protocol != "reference" and (s.mc_shots or s.gsm_shots):
+        raise ValueError("few-shot files (--mc-shots, --gsm-shots) belong to --protocol reference")
+    max_new = {t: given or MAX_NEW_TOKENS[s.protocol][t] for t, given in (("mc", s.mc_max_new_tokens),
+                                                                         ("gsm", s.gsm_max_new_tokens))}
+    shots = {"mc": load_mc(s.mc_shots) if s.mc_shots else [], "gsm": load_gsm(s.gsm_shots) if s.gsm_shots else []}
     tasks = {}
     if s.mc:
         tasks["mc"] = load_mc(s.mc)
@@ -227,9 +285,10 @@ def run_utility(s: UtilitySettings, log: Callable[[str], None] = print) -> list[
     if prompts is not None:
         methods["prompting"] = (None, [(cid, None, prompts[cid]) for cid in sorted(prompts)])
     stored = {"model": model_dir, "dtype": s.dtype, "limit": s.limit, "mc_sha256": file_sha256(s.mc),
-              "gsm_sha256": file_sha256(s.gsm), "mc_max_new_tokens": s.mc_max_new_tokens,
-              "gsm_max_new_tokens": s.gsm_max_new_tokens, "runs": os.path.abspath(s.runs) if s.runs else None,
-              "prompting_sha256": file_sha256(s.prompting_file)}
+              "gsm_sha256": file_sha256(s.gsm), "mc_max_new_tokens": max_new["mc"],
+              "gsm_max_new_tokens": max_new["gsm"], "runs": os.path.abspath(s.runs) if s.runs else None,
+              "prompting_sha256": file_sha256(s.prompting_file), "protocol": s.protocol,
+              "mc_shots_sha256": file_sha256(s.mc_shots), "gsm_shots_sha256": file_sha256(s.gsm_shots)}
     check_same_settings(s.out, SETTINGS_FILE, stored, "utility predictions")
     os.makedirs(s.out, exist_ok=True)
     write_json(os.path.join(s.out, SETTINGS_FILE), stored)
@@ -247,7 +306,6 @@ def run_utility(s: UtilitySettings, log: Callable[[str], None] = print) -> list[
                 else:
                     if gen is None:
                         gen = Generator(model_dir, s.dtype, s.batch_size)
-                    max_new = s.mc_max_new_tokens if task == "mc" else s.gsm_max_new_tokens
                     kw, alpha = {}, None
                     if run is not None:
                         steering, params = gen.load_steering(run.path)
@@ -256,14 +314,16 @@ def run_utility(s: UtilitySettings, log: Callable[[str], None] = print) -> list[
                             raise ValueError(f"{run.path}: factor scales need a steering vector")
                         kw = dict(steering=steering, params=params)
 
-                    def generate(ps, kw=kw, alpha=alpha, scale=scale, prefix=prefix, max_new=max_new):
-                        if prefix is not None:
-                            ps = [prompting_prompt(prefix, p) for p in ps]
+                    def generate(ps, kw=kw, alpha=alpha, scale=scale, prefix=prefix, max_new=max_new[task]):
+                        if prefix is not None:  # the steering prompt goes before the item's question
+                            ps = [prompting_prompt(prefix, p) if isinstance(p, str) else
+                                  p[:-1] + [{**p[-1], "content": prompting_prompt(prefix, p[-1]["content"])}]
+                                  for p in ps]
                         factors = None if alpha is None else [alpha * scale] * len(ps)
                         return [a.text for a in gen(ps, max_new_tokens=max_new, chat=True, temperature=0.0,
                                                     factors=factors, **kw)]
 
-                    _, preds = evaluate(task, items, generate)
+                    _, preds = evaluate(task, items, generate, s.protocol, shots[task])
                     for p in preds:
                         p.update(method=label, setting=setting, task=task, concept_id=cid,
                                  run=run.name if run else None, factor_scale=scale)

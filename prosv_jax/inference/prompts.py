@@ -18,8 +18,17 @@ class PromptBatch(NamedTuple):
     lengths: np.ndarray  # [B] real prompt lengths
 
 
-def prompt_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
-    """Token ids of one prompt: the chat template with a generation prompt (BOS included), or plain encoding."""
+def prompt_ids(tokenizer, prompt: str | Sequence[dict], chat: bool) -> list[int]:
+    """Token ids of one prompt: the chat template with a generation prompt (BOS included), or plain encoding.
+
+    A prompt is one user message, or a list of chat messages ({"role", "content"}; e.g. few-shot turns), which needs
+    the chat template."""
+    if not isinstance(prompt, str):
+        if not chat:
+            raise ValueError("a prompt given as chat messages needs the chat template (chat=True)")
+        messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=False))
     if chat:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                             tokenize=True, return_dict=False)
