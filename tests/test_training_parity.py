@@ -215,6 +215,25 @@ def test_scaled_simpo_matches_torch(pair, spec):
     assert abs(got - expected) <= 1e-5 + 1e-6 * abs(expected), (got, expected)
 
 
+def test_simpo_mean_is_over_real_pairs_only():
+    """m1: a partial last batch pads with masked pairs; they must neither add log 2 to the loss nor shrink the
+    gradient (the reference's last batch is simply smaller)."""
+    from prosv_jax.training.losses import simpo_loss
+
+    rng = np.random.RandomState(0)
+    logprobs = jnp.asarray(-rng.rand(6, 5), jnp.float32)  # 3 pairs: rows 0-2 positives, 3-5 negatives
+    mask = jnp.asarray(rng.rand(6, 5) > 0.3).at[:, 0].set(True)
+    ref = jnp.asarray(-rng.rand(6) * 10, jnp.float32)
+    padded_mask = mask.at[jnp.array([2, 5])].set(False)  # the third pair is padding
+    real = lambda lp: simpo_loss(lp[jnp.array([0, 1, 3, 4])], mask[jnp.array([0, 1, 3, 4])],  # noqa: E731
+                                 ref[jnp.array([0, 1, 3, 4])])
+    padded = lambda lp: simpo_loss(lp, padded_mask, ref)  # noqa: E731
+    assert float(padded(logprobs)) == pytest.approx(float(real(logprobs)), rel=1e-6)
+    g_real, g_padded = jax.grad(real)(logprobs), jax.grad(padded)(logprobs)
+    np.testing.assert_allclose(np.asarray(g_padded), np.asarray(g_real), rtol=1e-6)  # rows 2, 5: zero in both
+    assert np.asarray(g_real)[jnp.array([0, 1, 3, 4])].any()
+
+
 # --- 3. the optimiser recipe -----------------------------------------------------------------------------------
 
 

@@ -141,7 +141,9 @@ def simpo_loss(logprobs: jax.Array, mask: jax.Array, reference_logprob_sums: jax
     """Scaled SimPO (AxBench / RePS, beta 1, margin 0). Rows: P positives, then their P negatives.
 
     w = max(1, log p_ref(y-) - log p_ref(y+)); L = -log sigmoid(w/|y+| log pi(y+) - 1/|y-| log pi(y-)).
-    reference_logprob_sums [2P]: summed response log-probs under the unsteered model (no gradient).
+    reference_logprob_sums [2P]: summed response log-probs under the unsteered model (no gradient). The mean is over
+    the real pairs: a pair whose rows are masked out (the padding of a partial last batch) adds nothing, as when the
+    reference's last batch is smaller.
     """
     mask = mask.astype(F32)
     sums = (logprobs * mask).sum(-1)  # [2P]
@@ -151,4 +153,5 @@ def simpo_loss(logprobs: jax.Array, mask: jax.Array, reference_logprob_sums: jax
     ref = jax.lax.stop_gradient(reference_logprob_sums)
     weight = jnp.maximum(1.0, ref[pairs:] - ref[:pairs])
     margin = weight / lengths[:pairs] * pos - neg / lengths[pairs:]
-    return -jax.nn.log_sigmoid(margin).mean()
+    real = (mask[:pairs].sum(-1) > 0).astype(F32)
+    return -(jax.nn.log_sigmoid(margin) * real).sum() / jnp.maximum(real.sum(), 1.0)
