@@ -13,3 +13,26 @@ def concept10_split(tmp_path_factory) -> Path:
     from prosv_jax.data.bundled import write_concept10_split
 
     return Path(write_concept10_split(tmp_path_factory.mktemp("concept10")))
+
+
+@pytest.fixture(scope="session")
+def real_models_cache(tmp_path_factory):
+    """name -> the converted folder of a known real model, converted once per session into one cache folder
+    (also handed to subprocesses through PROSV_JAX_CACHE by the tests that run the CLI)."""
+    cache = tmp_path_factory.mktemp("real-models-cache")
+
+    def folder(name: str) -> str:
+        from prosv_jax.models.sources import resolve_model_dir
+
+        previous = os.environ.get("PROSV_JAX_CACHE")
+        os.environ["PROSV_JAX_CACHE"] = str(cache)
+        try:
+            return resolve_model_dir(name)
+        finally:
+            if previous is None:
+                del os.environ["PROSV_JAX_CACHE"]
+            else:
+                os.environ["PROSV_JAX_CACHE"] = previous
+
+    folder.root = str(cache)
+    return folder
