@@ -36,3 +36,23 @@ def real_models_cache(tmp_path_factory):
 
     folder.root = str(cache)
     return folder
+
+
+_SKIPS: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _SKIPS.append(f"{report.nodeid}: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Under PROSV_JAX_STRICT_SKIPS=1, a skip whose reason is not listed in tests/allowed_skips.txt fails the run."""
+    if os.environ.get("PROSV_JAX_STRICT_SKIPS") != "1" or not _SKIPS:
+        return
+    with open(os.path.join(os.path.dirname(__file__), "allowed_skips.txt")) as f:
+        allowed = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    unexplained = [s for s in _SKIPS if not any(reason in s for reason in allowed)]
+    if unexplained:
+        print("\nskipped without a reason listed in tests/allowed_skips.txt:\n  " + "\n  ".join(unexplained))
+        session.exitstatus = 1
