@@ -111,14 +111,12 @@ def to_dict(config: ml_collections.ConfigDict) -> dict:
 
 def save_config(config: ml_collections.ConfigDict, directory: str | os.PathLike) -> str:
     """Writes `config.json` and the readable `config.txt` into `directory`; returns the JSON path."""
+    from prosv_jax.files import write_atomic, write_json
+
     directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, CONFIG_JSON)
-    with open(path, "w") as f:
-        json.dump(to_dict(config), f, indent=2, sort_keys=True)
-        f.write("\n")
-    with open(os.path.join(directory, CONFIG_TEXT), "w") as f:
-        f.write(str(config))
+    write_json(path, to_dict(config))
+    write_atomic(os.path.join(directory, CONFIG_TEXT), str(config))
     return path
 
 

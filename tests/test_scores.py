@@ -232,3 +232,18 @@ def test_score_refuses_partial_ratings_folders(tmp_path):
     with pytest.raises(ValueError, match=r"lacks concept\(s\) \[1\] of .*gen: finish it with `prosv-jax axbench "
                                          r"judge --generations"):
         load_ratings([tmp_path / "g"])
+
+
+def test_figures_are_saved_atomically(tmp_path):
+    """m2: a figure replaces its file only once fully written; a failing save leaves the old file and no temporary."""
+    from prosv_jax.figures import save_figure, subplots
+
+    fig, ax = subplots()
+    ax.plot([0, 1], [1, 0])
+    path = tmp_path / "plot.png"
+    save_figure(fig, path, dpi=50)
+    first = path.read_bytes()
+    assert first[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError):
+        save_figure(fig, path, dpi=-5)
+    assert path.read_bytes() == first and sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]

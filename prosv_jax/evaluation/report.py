@@ -265,7 +265,7 @@ def write_report(groups: dict, out: str, utility_rows: list[dict] | None = None,
 
 
 def plot_scores(methods, columns, cells, path) -> None:
-    from prosv_jax.figures import subplots
+    from prosv_jax.figures import save_figure, subplots
 
     fig, ax = subplots(figsize=(max(5, 1.2 * len(methods) * max(1, len(columns)) ** 0.5 + 2), 4))
     width = 0.8 / max(1, len(columns))
@@ -277,12 +277,12 @@ def plot_scores(methods, columns, cells, path) -> None:
     ax.set_title("AxBench steering score by method")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_tradeoff(groups, utility_rows, path) -> bool:
     """Utility (mean accuracy over tasks) vs steering score under attack, one point per (method, setting)."""
-    from prosv_jax.figures import subplots
+    from prosv_jax.figures import save_figure, subplots
 
     util: dict = defaultdict(list)
     for r in utility_rows:
@@ -299,5 +299,5 @@ def plot_tradeoff(groups, utility_rows, path) -> bool:
     ax.set_ylabel("steering score under suppression attack")
     ax.set_title("utility vs robustness")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     return True

@@ -12,12 +12,13 @@ and a bootstrap over seeds (resample seeds with replacement within each width, r
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from prosv_jax.files import write_json
 
 __all__ = ["bootstrap_exponent", "exponent_table", "fit_power", "make_figures", "optimal_lrs", "optimum_1d",
            "plot_baselines", "plot_exponents", "plot_heatmaps", "plot_lr_curves", "plot_transfer", "score",
@@ -234,7 +235,7 @@ def synthetic_table(widths: Iterable[int] = (64, 128, 256, 512), exponent: float
 def plot_heatmaps(table, path: str, arm: str = "alpha_lr", x: str = "factor_lr", y: str = "beta",
                   metric: str = "eval_kl") -> None:
     """One panel per width: mean log10 score over (y, x); x marks cells where a seed diverged, a star the best."""
-    from prosv_jax.figures import subplots
+    from prosv_jax.figures import save_figure, subplots
 
     part = table[table["arm"] == arm]
     part = part.assign(_log=_log_scores(part, metric))
@@ -262,7 +263,7 @@ def plot_heatmaps(table, path: str, arm: str = "alpha_lr", x: str = "factor_lr",
     fig.suptitle(f"log10 {metric} (mean over seeds) over {y} x eta_alpha per width; x: a seed diverged; star: best",
                  fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 LR_PANELS = (("alpha_lr", "factor_lr", "beta", 1.0), ("alpha_lr", "factor_lr", "beta", 4.0),
@@ -274,7 +275,7 @@ def plot_lr_curves(table, path: str, metric: str = "eval_kl", panels=LR_PANELS) 
     the seeds, dotted lines mark the fitted optima."""
     from matplotlib import colormaps
 
-    from prosv_jax.figures import subplots
+    from prosv_jax.figures import save_figure, subplots
 
     fig, axes = subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
     for ax, (arm, lr_col, column, value) in zip(axes[0], panels):
@@ -296,12 +297,12 @@ def plot_lr_curves(table, path: str, metric: str = "eval_kl", panels=LR_PANELS) 
         ax.set_title(f"{SYMBOL[lr_col]} sweep ({arm}, {column}={value:g}); dotted: optimum", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_exponents(exponents: list[dict], path: str) -> None:
     """log-log optimal lr (and stability edge) vs width, with the fitted and the predicted slopes."""
-    from prosv_jax.figures import subplots
+    from prosv_jax.figures import save_figure, subplots
 
     fig, axes = subplots(1, 2, figsize=(10, 3.8))
     for ax, name in zip(axes, ("eta_alpha", "eta_v")):
@@ -329,7 +330,7 @@ def plot_exponents(exponents: list[dict], path: str) -> None:
         ax.set_ylabel(f"optimal {name}")
         ax.legend(fontsize=6.5)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def baseline_table(table, metric: str = "eval_kl"):
@@ -350,7 +351,7 @@ def baseline_table(table, metric: str = "eval_kl"):
 
 def plot_baselines(table, path: str, metric: str = "eval_kl") -> None:
     """Best achievable score and cos(alpha v, alpha* v*) per arm vs width: the recipe against its baselines."""
-    from prosv_jax.figures import subplots
+    from prosv_jax.figures import save_figure, subplots
 
     base = baseline_table(table, metric)
     fig, axes = subplots(1, 2, figsize=(10, 3.6))
@@ -369,7 +370,7 @@ def plot_baselines(table, path: str, metric: str = "eval_kl") -> None:
         ax.set_xlabel("width n")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 HYPER = ("beta", "factor_lr", "c", "direction_lr")
@@ -416,7 +417,7 @@ def transfer_table(table, metric: str = "eval_kl", transfers=TRANSFERS):
 
 def plot_transfer(table, path: str, metric: str = "eval_kl") -> None:
     """Tuned at the smallest width and transferred: the score's excess over each width's best, per recipe."""
-    from prosv_jax.figures import subplots
+    from prosv_jax.figures import save_figure, subplots
 
     data = transfer_table(table, metric)
     fig, ax = subplots(figsize=(6.5, 3.8))
@@ -435,7 +436,7 @@ def plot_transfer(table, path: str, metric: str = "eval_kl") -> None:
     ax.set_title("tuned at the smallest width, transferred to larger widths", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def make_figures(csv_path: str, out_dir: str, metric: str = "eval_kl", n_boot: int = 1000) -> dict:
@@ -453,6 +454,5 @@ def make_figures(csv_path: str, out_dir: str, metric: str = "eval_kl", n_boot: i
     summary = {"metric": metric, "runs": int(len(table)), "widths": sorted(int(w) for w in table["width"].unique()),
                "exponents": exponents, "baselines": baseline_table(table, metric).to_dict(orient="records"),
                "transfer": transfer_table(table, metric).to_dict(orient="records")}
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json(os.path.join(out_dir, "summary.json"), summary, indent=1)
     return summary

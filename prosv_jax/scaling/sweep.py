@@ -178,9 +178,7 @@ def _check_spec(out_dir: str, spec: SweepSpec) -> None:
             raise ValueError(f"{out_dir} holds a sweep with another spec; finished groups would be matched to the "
                              "wrong runs. Use a new folder (or delete this one) for a changed grid.")
     else:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
+        write_json(path, data)
 
 
 COLUMNS_FIRST = ("arm", "width", "optimizer", "train_factor", "beta", "alpha0", "c", "factor_lr", "direction_lr",
@@ -234,8 +232,7 @@ def _sweep_width(spec: SweepSpec, width: int, out_dir: str, progress: bool, log,
     if need_model:
         task = _build_task(spec, width)
         task_stats = {**task.stats, "floor": task.floor}
-        with open(os.path.join(width_dir, "task.json"), "w") as f:
-            json.dump(task_stats, f, indent=2, sort_keys=True)
+        write_json(os.path.join(width_dir, "task.json"), task_stats)
     rows = []
     for arm, runs, per_program, arm_dir, done, cached in plans:
         if not all(done) or any(r.name not in cached for r, _ in runs):

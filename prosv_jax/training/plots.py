@@ -29,7 +29,7 @@ def read_metrics(out_dir: str | os.PathLike) -> dict[str, list[dict]]:
 def plot_loss_curves(out_dir: str | os.PathLike, path: str | os.PathLike | None = None) -> str:
     """Writes the training loss of every run against its step (log y when the losses span a wide range);
     a diverged run is drawn dashed up to its last finite step and marked with an x. Returns the image path."""
-    from prosv_jax.figures import subplots
+    from prosv_jax.figures import save_figure, subplots
 
     runs = read_metrics(out_dir)
     path = os.fspath(path) if path is not None else os.path.join(os.fspath(out_dir), LOSS_PLOT)
@@ -56,7 +56,7 @@ def plot_loss_curves(out_dir: str | os.PathLike, path: str | os.PathLike | None 
         ax.legend(fontsize="small", loc="best", ncol=1 if len(runs) <= 12 else 2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     return path
 
 
