@@ -86,6 +86,7 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "grid.direction_lrs": _list_of(_NONNEGATIVE),
     "grid.betas": _list_of(_number(lambda v: True, "finite numbers")),
     "grid.cs": _list_of(_POSITIVE),
+    "grid.lams": _list_of(_POSITIVE),
 }
 
 

@@ -146,6 +146,23 @@ def test_released_rows(row):
     assert (c.model.dtype, c.train.param_dtype) == ("bfloat16", "bfloat16")
 
 
+def test_run_grid_sweeps_the_inits_own_size():
+    """m5: the uniform init sweeps c, the normal init lam; giving the other one is an error (it would do nothing)."""
+    from prosv_jax.commands.train import make_runs
+    from prosv_jax.config import resolve
+
+    runs = make_runs(resolve(TINY_PROSV, ["--config.steering.init=normal", "--config.grid.lams=[0.5, 2]"]), [0])
+    assert [(r.name, dict(r.init)) for r in runs] == [
+        ("c0-s42-flr1-dlr0.04-b4-lam0.5", {"beta": 4.0, "lam": 0.5}),
+        ("c0-s42-flr1-dlr0.04-b4-lam2", {"beta": 4.0, "lam": 2.0})]
+    runs = make_runs(resolve(TINY_PROSV, ["--config.grid.cs=[1, 8]"]), [0])
+    assert [dict(r.init)["c"] for r in runs] == [1.0, 8.0] and runs[0].name.endswith("-c1")
+    with pytest.raises(ValueError, match="grid.cs has no effect with steering.init='normal'; sweep grid.lams"):
+        make_runs(resolve(TINY_PROSV, ["--config.steering.init=normal", "--config.grid.cs=[1, 8]"]), [0])
+    with pytest.raises(ValueError, match="grid.lams has no effect with steering.init='uniform'"):
+        make_runs(resolve(TINY_PROSV, ["--config.grid.lams=[1.0]"]), [0])
+
+
 # --- data --------------------------------------------------------------------------------------------------------
 
 

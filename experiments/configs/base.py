@@ -20,7 +20,8 @@ Fields:
   train.*           epochs, batch_size, prefix_cache (device | host | off), runs_per_program, runs_per_chunk
                     (runs vmapped at once inside a program; 0 = auto: 1 on one CPU, all elsewhere), param_dtype,
                     checkpoint_every (micro-steps; -1 = once per epoch; 0 = per group), blowup_loss, progress
-  grid.*            seeds, factor_lrs, direction_lrs, betas, cs: lists; an empty one = the single value above;
+  grid.*            seeds, factor_lrs, direction_lrs, betas, cs (uniform init), lams (normal init): lists; an empty
+                    one = the single value above;
                     runs = their cartesian product x data.concept_ids
   mesh.*            data, fsdp, tensor: the device mesh of each process (sizes multiply to the devices it uses; all 1
                     = one device, no mesh). The frozen weights are split over fsdp (hidden axis) and tensor (heads,
@@ -56,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train = ml_collections.ConfigDict(dict(
         epochs=12, batch_size=12, prefix_cache="device", runs_per_program=4, runs_per_chunk=0, param_dtype="bfloat16",
         checkpoint_every=-1, blowup_loss=1e4, progress=True))
-    c.grid = ml_collections.ConfigDict(dict(seeds=[42], factor_lrs=[], direction_lrs=[], betas=[], cs=[]))
+    c.grid = ml_collections.ConfigDict(dict(seeds=[42], factor_lrs=[], direction_lrs=[], betas=[], cs=[], lams=[]))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
     c.out_dir = ""
     return c

@@ -110,8 +110,9 @@ def make_steering(config):
 
 
 def make_runs(config, concept_ids) -> list:
-    """Run specs: grid.seeds x factor_lrs x direction_lrs x betas x cs (empty list = the config's single value)
-    x concepts, named by their settings (e.g. c0-s42-flr1-dlr0.04-b2-c1)."""
+    """Run specs: grid.seeds x factor_lrs x direction_lrs x betas x (cs for the uniform init, lams for the normal
+    one; an empty list = the config's single value) x concepts, named by their settings (e.g.
+    c0-s42-flr1-dlr0.04-b2-c1, or ...-b2-lam0.5 for the normal init)."""
     import itertools
 
     from prosv_jax.training.trainer import RunSpec
@@ -120,18 +121,24 @@ def make_runs(config, concept_ids) -> list:
     if not g.seeds:
         raise ValueError("grid.seeds is empty: give at least one seed")
     sv = s.kind == "steering_vector"
-    if not sv and (g.betas or g.cs or g.factor_lrs or g.direction_lrs):
-        raise ValueError("grid.betas / cs / factor_lrs / direction_lrs apply to steering vectors only "
+    lams = list(g.get("lams", []))
+    if not sv and (g.betas or g.cs or lams or g.factor_lrs or g.direction_lrs):
+        raise ValueError("grid.betas / cs / lams / factor_lrs / direction_lrs apply to steering vectors only "
                          f"(steering.kind is {s.kind!r})")
+    # the init's size: c for the uniform init, lam for the normal one (m5: the other one has no effect)
     size_name = "c" if s.init == "uniform" else "lam"
+    wrong = lams if size_name == "c" else g.cs
+    if wrong:
+        raise ValueError(f"grid.{'lams' if size_name == 'c' else 'cs'} has no effect with steering.init="
+                         f"{s.init!r}; sweep grid.{size_name}s instead")
+    sizes = (g.cs or [s.c]) if size_name == "c" else (lams or [s.lam])
     runs = []
-    for cid, seed, flr, dlr, beta, c in itertools.product(
+    for cid, seed, flr, dlr, beta, size in itertools.product(
             concept_ids, g.seeds, g.factor_lrs or [o.factor_lr], g.direction_lrs or [o.direction_lr],
-            g.betas or [s.beta], g.cs or [s.c]):
+            g.betas or [s.beta], sizes):
         if sv:
-            size = c if size_name == "c" else s.lam
             name = f"c{cid}-s{seed}-flr{_fmt(flr)}-dlr{_fmt(dlr)}-b{_fmt(beta)}-{size_name}{_fmt(size)}"
-            init = (("beta", float(beta)), ("c", float(c)))
+            init = (("beta", float(beta)), (size_name, float(size)))
             lrs = (("factor", float(flr)), ("direction", float(dlr)))
         else:
             name, init, lrs = f"c{cid}-s{seed}-lr{_fmt(o.other_lr)}", (), ()
