@@ -163,6 +163,24 @@ def test_run_grid_sweeps_the_inits_own_size():
         make_runs(resolve(TINY_PROSV, ["--config.grid.lams=[1.0]"]), [0])
 
 
+def test_diverged_runs_are_left_out_of_evaluation_with_a_warning(tmp_path):
+    """m9: `axbench generate` / `utility` leave out runs the trainer flagged as diverged, and say so."""
+    from prosv_jax.evaluation.runs import find_runs
+
+    for name, diverged in (("c0-a", False), ("c0-b", True), ("c1-a", True)):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "steering.json").write_text(json.dumps({"info": {"diverged": diverged}}))
+    said = []
+    assert [r.name for r in find_runs(tmp_path, log=said.append)] == ["c0-a"]
+    assert said == ["warning: leaving out 2 run(s) that diverged in training: ['c0-b', 'c1-a'] "
+                    "(--include-diverged to evaluate them)"]
+    assert [(r.name, r.diverged) for r in find_runs(tmp_path, include_diverged=True)] == [
+        ("c0-a", False), ("c0-b", True), ("c1-a", True)]
+    (tmp_path / "runs" / "c0-a" / "steering.json").write_text(json.dumps({"info": {"diverged": True}}))
+    with pytest.raises(ValueError, match="every trained steering diverged"):
+        find_runs(tmp_path, log=said.append)
+
+
 # --- data --------------------------------------------------------------------------------------------------------
 
 

@@ -84,6 +84,8 @@ def _add_generation_args(p, with_factors: bool = True) -> None:
         p.add_argument("--prompting-file", metavar="F",
                        help="prompting baseline: JSONL {concept_id, prompt} (no steering; give --split)")
     p.add_argument("--factor-scales", metavar="S", help="the trained factor times each scale, e.g. 1,0.8,0.5")
+    p.add_argument("--include-diverged", action="store_true",
+                   help="also evaluate runs that diverged in training (left out with a warning by default)")
 
 
 def _add_judge_args(p) -> None:
@@ -144,7 +146,7 @@ def _settings(args, **extra):
         factor_grid=_grid(getattr(args, "factor_grid", None)),
         prompting_file=getattr(args, "prompting_file", None), seed=args.seed, temperature=args.temperature,
         max_new_tokens=args.max_new_tokens, n_instructions=args.n_instructions, batch_size=args.batch_size,
-        dtype=args.dtype, chat=not args.no_chat, **extra)
+        dtype=args.dtype, chat=not args.no_chat, include_diverged=args.include_diverged, **extra)
 
 
 # --- stages ---------------------------------------------------------------------------------------------------------
@@ -208,7 +210,7 @@ def run_utility(args) -> int:
         method=args.method, setting=args.setting, unsteered=not args.no_unsteered, limit=args.limit,
         mc_max_new_tokens=args.mc_max_new_tokens, gsm_max_new_tokens=args.gsm_max_new_tokens,
         batch_size=args.batch_size, dtype=args.dtype, protocol=args.protocol, mc_shots=args.mc_shots,
-        gsm_shots=args.gsm_shots))
+        gsm_shots=args.gsm_shots, include_diverged=args.include_diverged))
     print(f"utility: {os.path.abspath(os.path.join(args.out, 'utility.json'))} ({len(rows)} rows)")
     return 0
 
@@ -309,6 +311,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--protocol", choices=("prosv", "reference"), default="prosv",
                    help="prosv: zero-shot prompts, 16/256 tokens, strict parses; reference: method.md's (few-shot "
                         "chat turns from --mc-shots/--gsm-shots, 128/512 tokens, the reference's answer matching)")
+    p.add_argument("--include-diverged", action="store_true",
+                   help="also evaluate runs that diverged in training (left out with a warning by default)")
     p.add_argument("--mc-shots", metavar="FILE", help="few-shot multiple-choice examples (reference protocol)")
     p.add_argument("--gsm-shots", metavar="FILE", help="few-shot GSM8K-style examples (reference protocol)")
     p.add_argument("--mc-max-new-tokens", type=int, help="default: 16 (prosv) or 128 (reference)")

@@ -76,6 +76,7 @@ class GenerateSettings:
     batch_size: int = 16
     dtype: str = "float32"
     chat: bool = True
+    include_diverged: bool = False  # evaluate runs that diverged in training too
 
 
 @dataclasses.dataclass
@@ -195,7 +196,7 @@ def run_generate(s: GenerateSettings, attack: Callable[[dict], dict] | None = No
     model_dir = resolve_model_dir(s.model)
     if not os.path.isdir(model_dir):
         raise FileNotFoundError(f"model folder {s.model} not found")
-    runs = find_runs(s.runs) if s.runs else []
+    runs = find_runs(s.runs, s.include_diverged, log) if s.runs else []
     split = s.split or (split_of_runs(s.runs) if s.runs else None)
     if not split:
         raise ValueError("no AxBench split to read the concepts from: give --split DIR (a prod_<model>_<layer>_v1 "

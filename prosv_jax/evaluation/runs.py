@@ -10,7 +10,7 @@ import dataclasses
 import json
 import os
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 _RUN_CONCEPT = re.compile(r"^c(\d+)(?:-(.*))?$")
 
@@ -21,6 +21,7 @@ class TrainedRun:
     name: str  # e.g. c0-s42-flr1-dlr0.04-b2-c1
     variant: str  # the name without its concept prefix, e.g. s42-flr1-dlr0.04-b2-c1
     path: str  # the steering folder
+    diverged: bool = False  # the trainer froze it after a blow-up (info.diverged)
 
 
 def _train_config(runs_dir: str) -> dict:
@@ -31,8 +32,10 @@ def _train_config(runs_dir: str) -> dict:
         return json.load(f)
 
 
-def find_runs(runs_dir: str | os.PathLike) -> list[TrainedRun]:
-    """Every saved steering of a train output folder, sorted by concept id then name."""
+def find_runs(runs_dir: str | os.PathLike, include_diverged: bool = False,
+              log: Callable[[str], None] = print) -> list[TrainedRun]:
+    """Every saved steering of a train output folder, sorted by concept id then name. Runs that diverged in training
+    (m9) are left out with a warning naming them, unless `include_diverged`."""
     runs_dir = os.path.abspath(os.fspath(runs_dir))
     folder = os.path.join(runs_dir, "runs")
     if not os.path.isdir(folder):
@@ -51,9 +54,17 @@ def find_runs(runs_dir: str | os.PathLike) -> list[TrainedRun]:
             raise ValueError(f"{spec}: run dataset {dataset!r} does not name a concept (expected c<id>)")
         cid = int(m.group(1))
         variant = name[len(dataset) + 1:] if name.startswith(dataset + "-") else name
-        found.append(TrainedRun(cid, name, variant, os.path.join(folder, name)))
+        found.append(TrainedRun(cid, name, variant, os.path.join(folder, name), bool(info.get("diverged"))))
     if not found:
         raise ValueError(f"{folder}: no trained steering (no runs/<run>/steering.json); train first")
+    diverged = [r.name for r in found if r.diverged]
+    if diverged and not include_diverged:
+        log(f"warning: leaving out {len(diverged)} run(s) that diverged in training: {diverged} "
+            "(--include-diverged to evaluate them)")
+        found = [r for r in found if not r.diverged]
+        if not found:
+            raise ValueError(f"{folder}: every trained steering diverged in training; retrain with other learning "
+                             "rates, or pass --include-diverged")
     return sorted(found, key=lambda r: (r.concept_id, r.name))
 
 

@@ -227,6 +227,7 @@ class UtilitySettings:
     protocol: str = "prosv"  # or "reference" (method.md section 4)
     mc_shots: str | None = None  # few-shot examples (reference protocol), same schema as the items
     gsm_shots: str | None = None
+    include_diverged: bool = False  # evaluate runs that diverged in training too
 
 
 def _slug(text: str) -> str:
@@ -260,7 +261,7 @@ def run_utility(s: UtilitySettings, log: Callable[[str], None] = print) -> list[
     if s.limit:
         tasks = {t: items[:s.limit] for t, items in tasks.items()}
     model_dir = resolve_model_dir(s.model)
-    runs = find_runs(s.runs) if s.runs else []
+    runs = find_runs(s.runs, s.include_diverged, log) if s.runs else []
     chosen_ids = sorted({r.concept_id for r in runs})[:s.first_k]
     runs = [r for r in runs if r.concept_id in chosen_ids]
     setting = s.setting or (setting_of_runs(s.runs, model_dir) if s.runs else os.path.basename(model_dir))
