@@ -34,6 +34,7 @@ from prosv_jax.interventions.transform import Steering, SteeringParams, response
 from prosv_jax.models.config import ModelConfig
 from prosv_jax.models.decoder import Decoder, positions_from_valid
 from prosv_jax.models.loading import abstract_model
+from prosv_jax.inference.prompts import left_pad
 from prosv_jax.inference.sampling import SamplingConfig
 from prosv_jax.training.batch import TrainBatch, make_batch
 from prosv_jax.training.data import TrainDataset
@@ -112,10 +113,6 @@ class PlantedTask:
     def width(self) -> int:
         return self.model.cfg.hidden_size
 
-    @property
-    def edit_star(self) -> np.ndarray:
-        return self.alpha_star * self.v_star
-
     def teacher(self) -> tuple[Steering, SteeringParams]:
         steering = Steering.single(self.layer, SteeringVector(), self.positions)
         site = steering.sites[0].name
@@ -125,16 +122,6 @@ class PlantedTask:
     def student_steering(self, **kind_fields) -> Steering:
         """The student's steering spec: a steering vector at the teacher's site (fields of SteeringVector)."""
         return Steering.single(self.layer, SteeringVector(**kind_fields), self.positions)
-
-
-def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    length = max(len(p) for p in prompts)
-    tokens = np.full((len(prompts), length), pad_id, np.int32)
-    valid = np.zeros((len(prompts), length), bool)
-    for i, p in enumerate(prompts):
-        tokens[i, length - len(p):] = p
-        valid[i, length - len(p):] = True
-    return tokens, valid
 
 
 def sample_continuations(model: Decoder, steering: Steering | None, params: SteeringParams | None,
@@ -149,7 +136,7 @@ def sample_continuations(model: Decoder, steering: Steering | None, params: Stee
     out = []
     for start in range(0, len(prompts), chunk):
         part = list(prompts[start:start + chunk])
-        tokens, valid = _left_pad(part + [part[-1]] * (chunk - len(part)))
+        tokens, valid, _ = left_pad(part + [part[-1]] * (chunk - len(part)), pad_id=0, multiple=1)
         kwargs = dict(max_new_tokens=response_len, sampling=SamplingConfig(temperature=1.0),
                       key=jax.random.key(seed + start), stop_ids=(-1,), pad_id=0)
         if steering is None:

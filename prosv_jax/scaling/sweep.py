@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from prosv_jax.files import write_json
-from prosv_jax.training.optim import OptimConfig
+from prosv_jax.training.optim import OptimConfig, width_scaled
 from prosv_jax.training.step import StepConfig
 from prosv_jax.training.trainer import RunSpec, TrainConfig, Trainer
 
@@ -122,10 +122,6 @@ def spec_from_dict(data: dict) -> SweepSpec:
                      family=Family(**data.pop("family")), task=TaskSpec(**data.pop("task")), **data)
 
 
-def _scaled(base: float, exponent: float | None, width: int, ref: int) -> float:
-    return base if exponent is None else base * (width / ref) ** exponent
-
-
 def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
@@ -137,8 +133,8 @@ def arm_runs(arm: Arm, width: int, lr_ref_width: int = 256) -> list[tuple[RunSpe
     for (init_kind, init), fa, c, dv, seed in itertools.product(inits, arm.factor_lrs, arm.cs, arm.direction_lrs,
                                                                 arm.seeds):
         beta = init / math.sqrt(width) if init_kind == "alpha0" else init
-        factor_lr = _scaled(fa, arm.factor_lr_exponent, width, lr_ref_width)
-        direction_lr = _scaled(dv, arm.direction_lr_exponent, width, lr_ref_width)
+        factor_lr = width_scaled(fa, arm.factor_lr_exponent, width, lr_ref_width)
+        direction_lr = width_scaled(dv, arm.direction_lr_exponent, width, lr_ref_width)
         name = (f"{arm.name}-n{width}-{'a0' if init_kind == 'alpha0' else 'b'}{_fmt(init)}-fa{_fmt(fa)}-c{_fmt(c)}"
                 f"-dv{_fmt(dv)}-s{seed}")
         run = RunSpec(name, seed=seed, init=(("beta", beta), ("c", c)),

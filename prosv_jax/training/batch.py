@@ -21,10 +21,6 @@ class TrainBatch(NamedTuple):
     target_ids: np.ndarray  # [B, R] int32
     target_mask: np.ndarray  # [B, R] bool
 
-    @property
-    def num_targets(self) -> int:
-        return int(self.target_mask.sum())
-
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple

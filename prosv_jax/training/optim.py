@@ -65,9 +65,15 @@ class OptimConfig:
         """Peak learning rate of each group for a model of hidden width `width`."""
         lrs = {"factor": self.factor_lr, "direction": self.direction_lr, "other": self.other_lr}
         if self.width_scaling:
-            lrs["factor"] *= width ** self.factor_lr_exponent
-            lrs["direction"] *= width ** self.direction_lr_exponent
+            lrs["factor"] = width_scaled(lrs["factor"], self.factor_lr_exponent, width)
+            lrs["direction"] = width_scaled(lrs["direction"], self.direction_lr_exponent, width)
         return lrs
+
+
+def width_scaled(base: float, exponent: float | None, width: int, ref_width: int = 1) -> float:
+    """base * (width / ref_width) ** exponent (base itself when exponent is None): the one width rule (m6). The
+    trainer's width-free bases use ref_width 1 (base x n^e); the scaling sweep quotes its bases at width 256."""
+    return base if exponent is None else base * (width / ref_width) ** exponent
 
 
 def param_labels(steering: Steering, params: SteeringParams) -> dict:
