@@ -413,7 +413,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, capsys):
 
 
 def test_loss_plot_marks_diverged_runs_and_skips_torn_lines(tmp_path):
-    from prosv_jax.training.plots import plot_loss_curves, read_metrics
+    from prosv_jax.training.plots import loss_curves, plot_loss_curves, read_metrics
     from prosv_jax.training.trainer import _truncate_metrics
 
     group = tmp_path / "groups" / "group-0000"
@@ -427,6 +427,11 @@ def test_loss_plot_marks_diverged_runs_and_skips_torn_lines(tmp_path):
     (group / "metrics.jsonl").write_text(text + '{"run": "ok", "step": 6, "lo')  # torn by a kill
     runs = read_metrics(tmp_path)
     assert [r["step"] for r in runs["ok"]] == list(range(6))
+    # m15: what the plot draws: the diverged run dashed, labelled, cut before its first dead step, marked at its end
+    assert loss_curves(runs) == [
+        {"label": "blown (diverged)", "steps": [0, 1, 2], "losses": [5.0] * 3, "style": "--", "end_marker": True},
+        {"label": "ok", "steps": list(range(6)), "losses": [6.0 / (s + 1) for s in range(6)], "style": "-",
+         "end_marker": False}]
     png = Path(plot_loss_curves(tmp_path)).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     _truncate_metrics(str(group / "metrics.jsonl"), 4)  # resuming at step 4 drops later and torn lines

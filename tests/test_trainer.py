@@ -86,7 +86,7 @@ def test_a_diverging_run_is_flagged_and_frozen_while_the_others_finish_unchanged
         assert all(np.isfinite(np.asarray(x)).all() for x in final_params(tmp_path / "with", name).values())
     records = [json.loads(line) for line in open(tmp_path / "with" / "groups" / "group-0000" / "metrics.jsonl")]
     alive = [r["alive"] for r in records if r["run"] == "wild"]
-    assert alive[0] is False or alive.index(False) < len(alive)  # flagged at some step ...
+    assert False in alive  # flagged at some step ...
     assert not any(alive[alive.index(False):])  # ... and never revived
 
 

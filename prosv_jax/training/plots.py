@@ -35,18 +35,11 @@ def plot_loss_curves(out_dir: str | os.PathLike, path: str | os.PathLike | None 
     path = os.fspath(path) if path is not None else os.path.join(os.fspath(out_dir), LOSS_PLOT)
     fig, ax = subplots(figsize=(8, 5))
     finite_all = []
-    for name, records in sorted(runs.items()):
-        steps = [r["step"] for r in records if _finite(r.get("loss"))]
-        losses = [r["loss"] for r in records if _finite(r.get("loss"))]
-        diverged = any(not r.get("alive", True) for r in records)
-        if diverged:  # the run stops counting at its first dead step
-            dead = next(r["step"] for r in records if not r.get("alive", True))
-            keep = [i for i, s in enumerate(steps) if s < dead]
-            steps, losses = [steps[i] for i in keep], [losses[i] for i in keep]
-        finite_all += losses
-        line, = ax.plot(steps, losses, "--" if diverged else "-", label=name + (" (diverged)" if diverged else ""))
-        if diverged and steps:
-            ax.plot(steps[-1], losses[-1], "x", color=line.get_color(), markersize=10, mew=2)
+    for curve in loss_curves(runs):
+        finite_all += curve["losses"]
+        line, = ax.plot(curve["steps"], curve["losses"], curve["style"], label=curve["label"])
+        if curve["end_marker"]:
+            ax.plot(curve["steps"][-1], curve["losses"][-1], "x", color=line.get_color(), markersize=10, mew=2)
     if finite_all and min(finite_all) > 0 and max(finite_all) / min(finite_all) > 20:
         ax.set_yscale("log")
     ax.set_xlabel("micro-step")
@@ -58,6 +51,24 @@ def plot_loss_curves(out_dir: str | os.PathLike, path: str | os.PathLike | None 
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
     return path
+
+
+def loss_curves(runs: dict[str, list[dict]]) -> list[dict]:
+    """What the loss plot draws for each run, sorted by name: label, steps, losses (finite ones), line style, and
+    whether an x marks the end. A diverged run is labelled "(diverged)", dashed, cut before its first dead step and
+    marked with an x at its last live one."""
+    curves = []
+    for name, records in sorted(runs.items()):
+        steps = [r["step"] for r in records if _finite(r.get("loss"))]
+        losses = [r["loss"] for r in records if _finite(r.get("loss"))]
+        diverged = any(not r.get("alive", True) for r in records)
+        if diverged:  # the run stops counting at its first dead step
+            dead = next(r["step"] for r in records if not r.get("alive", True))
+            keep = [i for i, s in enumerate(steps) if s < dead]
+            steps, losses = [steps[i] for i in keep], [losses[i] for i in keep]
+        curves.append({"label": name + (" (diverged)" if diverged else ""), "steps": steps, "losses": losses,
+                       "style": "--" if diverged else "-", "end_marker": diverged and bool(steps)})
+    return curves
 
 
 def _finite(value) -> bool:
