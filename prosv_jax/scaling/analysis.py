@@ -22,7 +22,7 @@ from prosv_jax.files import write_json
 
 __all__ = ["bootstrap_exponent", "exponent_table", "fit_power", "make_figures", "optimal_lrs", "optimum_1d",
            "plot_baselines", "plot_exponents", "plot_heatmaps", "plot_lr_curves", "plot_transfer", "score",
-           "stability_edge", "synthetic_table", "transfer_table"]
+           "stability_edge", "transfer_table"]
 
 SYMBOL = {"factor_lr": "eta_alpha", "direction_lr": "eta_v"}
 
@@ -209,26 +209,6 @@ def exponent_table(table, metric: str = "eval_kl", n_boot: int = 1000) -> list[d
 
 
 # --- synthetic results (for tests and for checking the pipeline) ----------------------------------------------
-
-def synthetic_table(widths: Iterable[int] = (64, 128, 256, 512), exponent: float = 0.5, constant: float = 0.2,
-                    lr_col: str = "factor_lr", lrs: Sequence[float] | None = None, seeds: int = 4,
-                    curvature: float = 1.0, noise: float = 0.05, floor: float = 0.02, seed: int = 0):
-    """A tidy table where the optimal lr is constant * n^exponent: log10(metric) = log10(floor) +
-    curvature * (log10 lr - log10 lr*)^2 + N(0, noise^2) per run; nothing diverges."""
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    lrs = np.logspace(-2, 3, 16) if lrs is None else np.asarray(lrs, np.float64)
-    rows = []
-    for n in widths:
-        best = constant * n ** exponent
-        for s in range(seeds):
-            for lr in lrs:
-                log_metric = math.log10(floor) + curvature * (math.log10(lr) - math.log10(best)) ** 2
-                rows.append({"width": n, lr_col: float(lr), "seed": s, "diverged": False, "eval_plain_kl": np.inf,
-                             "eval_kl": 10 ** (log_metric + noise * rng.standard_normal())})
-    return pd.DataFrame(rows)
-
 
 # --- figures ----------------------------------------------------------------------------------------------------
 
