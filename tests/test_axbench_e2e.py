@@ -321,7 +321,7 @@ def test_per_row_factors_match_one_factor_per_batch(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PROSV_JAX_CACHE", os.environ.get("PROSV_JAX_CACHE") or str(tmp_path))
     gen = Generator("builtin", batch_size=2)
-    for positions in ("all",):  # steers the prefill and every decode step
+    for positions in ("all", "f2+l2"):  # every prefill and decode step; the prompt's first and last 2 tokens only
         steering = Steering.single(1, SteeringVector(), positions)
         params = steering.init_params(jax.random.key(0), gen.model.cfg)
         prompts, factors = ["Name a color.", "Count to three."], [0.0, 40.0]

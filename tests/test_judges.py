@@ -454,7 +454,12 @@ def test_local_judge_with_a_prosv_jax_model(tmp_path, monkeypatch):
     judge = LocalJudge(counting, path, cache_dir=str(tmp_path / "cache"))
     first = rate_answers(judge, items)
     assert sum(calls) == 6 and len(first) == 2
-    assert all(r.value in (0, 1, 2) for answer in first for r in answer.values())
+    # m15: each rating is the parse of the model's own greedy reply to the rendered rubric prompt
+    requests = [q for c, i, a in items for q in answer_requests(c, i, a)]
+    replies = generate([judge.chat_format(judge.messages(q)) for q in requests])
+    got = [r for answer in first for r in answer.values()]
+    assert [r.reply for r in got] == replies
+    assert [(r.value, r.ok) for r in got] == [parse_rating(reply) for reply in replies]
     assert judge.stats.malformed == sum(not r.ok for answer in first for r in answer.values())
     again = rate_answers(LocalJudge(counting, path, cache_dir=str(tmp_path / "cache")), items)
     assert sum(calls) == 6  # the rerun is served from the cache
