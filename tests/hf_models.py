@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import transformers
 
-from prosv_jax import tokenization
+from prosv_jax.models import offline_tokenizers as tokenization
 
 VOCAB = 320  # >= 256 bytes + special tokens, so the family tokenizers fit
 

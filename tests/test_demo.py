@@ -1,10 +1,12 @@
 """The offline demo (`prosv-jax demo`, the README's main job) and the pieces it is built from.
 
-The end-to-end test runs the README's exact command on its default settings (the small model trained on first
-use, ~10 CPU minutes cold): it is the main job, so CI runs the real thing, not a shrunken copy.
+The end-to-end test runs the README's exact command on its default settings (SmolLM2-135M-Instruct, a few CPU
+minutes): it is the main job, so CI runs the real thing, not a shrunken copy (.ci/run also runs `--quick` from a
+fresh install without the test extras).
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -42,7 +44,7 @@ def test_dataset_loss_equals_the_full_logits_cross_entropy():
     """dataset_loss (response rows only, vocabulary chunks, padded last batch) vs log_softmax of full logits."""
     from transformers import AutoTokenizer
 
-    from prosv_jax.builtin import builtin_model_dir
+    from prosv_jax.models.tiny import builtin_model_dir
     from prosv_jax.data.axbench import lang_examples
     from prosv_jax.interventions import Steering, SteeringVector
     from prosv_jax.interventions.transform import steered_forward
@@ -75,44 +77,76 @@ def test_dataset_loss_equals_the_full_logits_cross_entropy():
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_run(tmp_path_factory, real_models_cache):
+    """The README's `prosv-jax demo` on its defaults (SmolLM2-135M-Instruct; converted once per test session)."""
     out = tmp_path_factory.mktemp("demo") / "out"
+    real_models_cache("smollm2-135m-instruct")
+    env = {**os.environ, "PROSV_JAX_CACHE": real_models_cache.root}
     result = subprocess.run([sys.executable, "-m", "prosv_jax.cli", "demo", "--out", str(out), "--no-progress"],
-                            capture_output=True, text=True, timeout=1800)
+                            capture_output=True, text=True, timeout=3600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with open(out / "summary.json") as f:
-        return out, result.stdout, json.load(f)
+        return out, result.stdout, json.load(f), env
 
 
-def test_demo_trains_compares_and_sweeps(demo_run):
-    out, stdout, summary = demo_run
-    loss = summary["heldout_loss"]
-    # Training on the concept lowers the loss of its held-out examples (text the runs never saw).
-    assert loss["FSSV"] < loss["unsteered"] - 0.01
-    assert loss["PrOSV"] < loss["unsteered"]
-    assert not any(r["diverged"] for r in summary["sweep"][:1])
-    settings = summary["settings"]
-    assert len(summary["sweep"]) == len(settings["sweep_betas"]) * len(settings["sweep_factor_lrs"])
-    assert all(r["heldout_loss"] is None or np.isfinite(r["heldout_loss"]) for r in summary["sweep"])
-    # Side-by-side answers: the same instructions, and steering changes what the model writes.
+def test_demo_trains_and_compares_on_the_real_model(demo_run):
+    out, stdout, summary, _ = demo_run
+    assert summary["model"] == "smollm2-135m-instruct" and summary["layer"] == 12
+    loss, rate = summary["heldout_loss"], summary["concept_word_rate"]
+    # The PrOSV lowers the loss of the concept's held-out examples (text it never saw) by a clear margin.
+    assert loss["PrOSV"] < loss["unsteered"] - 0.05
+    # The FSSV writes the concept into most answers; the unsteered model into (almost) none.
+    assert rate["FSSV"] >= 0.5 and rate["unsteered"] <= 1 / 6
+    assert rate["PrOSV"] >= rate["unsteered"]
+    # The recipes are the paper's, moved from Gemma-2-2B's width 2304 to 576 by eta_alpha ~ n^1/2, eta_v ~ n^-1/2.
+    assert summary["recipes"]["PrOSV"]["factor_lr"] == pytest.approx(10.0 / 2)
+    assert summary["recipes"]["PrOSV"]["direction_lr"] == pytest.approx(4e-2 * 2)
     answers = summary["answers"]
+    settings = summary["settings"]
     assert set(answers) == {"unsteered", "PrOSV", "FSSV"}
     assert all(len(texts) == settings["instructions"] for texts in answers.values())
-    assert answers["FSSV"] != answers["unsteered"]
+    for method in ("PrOSV", "FSSV"):
+        assert sum(a != b for a, b in zip(answers[method], answers["unsteered"])) >= settings["instructions"] - 1
     for instruction in summary["instructions"]:
         assert instruction.split()[0] in stdout
-    for name in ("summary.md", "answers.md", "sweep.csv", "sweep_heatmap.png", "prosv/loss_curves.png",
-                 "fssv/loss_curves.png", "sweep/loss_curves.png", "prosv/runs/prosv/steering.json"):
+    for name in ("summary.md", "answers.md", "prosv/loss_curves.png", "fssv/loss_curves.png",
+                 "prosv/runs/prosv/steering.json", "fssv/runs/fssv/params.safetensors"):
         assert (out / name).stat().st_size > 0, name
+    assert not (out / "sweep.csv").exists()  # the sweep runs only with --sweep
     assert f"results in {out}" in stdout
 
 
+def test_a_steering_trained_on_the_real_model_applies_with_steer(demo_run, capsys):
+    """The demo's saved PrOSV loads and steers `prosv-jax generate --steer` (greedy: exactly the Generator's answer)."""
+    from prosv_jax import cli
+    from prosv_jax.evaluation.generation import Generator
+    from prosv_jax.interventions import load_steering
+
+    out, _, _, env = demo_run
+    saved = out / "prosv" / "runs" / "prosv"
+    prompt = "Tell me about Paris."
+    os.environ["PROSV_JAX_CACHE"] = env["PROSV_JAX_CACHE"]
+    try:
+        args = ["generate", "--model", "smollm2-135m-instruct", "--chat", "--prompt", prompt, "--max-new-tokens",
+                "16", "--json", "--dtype", "bfloat16"]
+        assert cli.main(args + ["--steer", str(saved)]) == 0
+        steered = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert cli.main(args) == 0
+        plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        generator = Generator("smollm2-135m-instruct", "bfloat16", batch_size=1)
+        steering, params, _ = load_steering(str(saved), generator.model.cfg)
+        expected = generator([prompt], steering=steering, params=params, max_new_tokens=16, temperature=0.0)[0]
+    finally:
+        del os.environ["PROSV_JAX_CACHE"]
+    assert steered["text"] == expected.text and steered["text"] != plain["text"]
+
+
 def test_demo_rerun_reuses_training_and_refuses_other_settings(demo_run):
-    out, _, first = demo_run
+    out, _, first, env = demo_run
     steering_file = out / "prosv" / "runs" / "prosv" / "params.safetensors"
     before = steering_file.stat().st_mtime_ns
     result = subprocess.run([sys.executable, "-m", "prosv_jax.cli", "demo", "--out", str(out), "--no-progress"],
-                            capture_output=True, text=True, timeout=900)
+                            capture_output=True, text=True, timeout=1800, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert steering_file.stat().st_mtime_ns == before  # nothing retrained
     with open(out / "summary.json") as f:
@@ -121,7 +155,7 @@ def test_demo_rerun_reuses_training_and_refuses_other_settings(demo_run):
     assert second["answers"] == first["answers"]  # same seeds, same sampled answers
 
     other = subprocess.run([sys.executable, "-m", "prosv_jax.cli", "demo", "--out", str(out), "--concept", "3"],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300, env=env)
     assert other.returncode == 2
     assert "concept_id" in other.stdout and "another --out" in other.stdout
     assert steering_file.stat().st_mtime_ns == before

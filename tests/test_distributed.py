@@ -128,7 +128,7 @@ def test_a_failing_process_stops_the_others_at_their_barrier():
 def builtin_cache(tmp_path_factory):
     """The built-in model and the bundled split, built once before the processes start (they share the cache through
     the env)."""
-    from prosv_jax.builtin import builtin_model_dir
+    from prosv_jax.models.tiny import builtin_model_dir
     from prosv_jax.data.bundled import concept10_split_dir
 
     old = os.environ.get("PROSV_JAX_CACHE")

@@ -122,7 +122,9 @@ def test_cli_help_and_the_builtin_model(tmp_path, monkeypatch, capsys):
                      "--max-new-tokens", "4", "--json"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert len(lines) == 2 and all(1 <= len(json.loads(line)["token_ids"]) <= 4 for line in lines)
-    assert (tmp_path / "cache" / "tiny-gemma2-random-v1" / "tokenizer.json").is_file()
+    from prosv_jax.models.tiny import builtin_name
+
+    assert (tmp_path / "cache" / builtin_name() / "tokenizer.json").is_file()
 
 
 def test_cli_reports_a_missing_model_directory(tmp_path, capsys):

@@ -3,7 +3,7 @@
 Each notebook asserts its own results in its cells (the trained steering lowers the loss, the steered answers differ,
 a saved steering loads back; the sweep's tables and figures are complete); here we check that no cell failed and
 that the expected files and outputs exist. `PROSV_JAX_NOTEBOOK_QUICK=1` selects tiny sizes, `PROSV_JAX_CACHE` a
-fresh cache (so the quickstart trains its own tiny chat model, in seconds) and `PROSV_JAX_NOTEBOOK_OUT` the
+fresh cache (the quickstart builds the built-in tiny random model, in a second) and `PROSV_JAX_NOTEBOOK_OUT` the
 output folder.
 """
 
@@ -88,8 +88,8 @@ def test_quickstart(tmp_path, monkeypatch):
     text = text_of(nb)
     assert "answers changed by the steering" in text and "prosv-jax generate" in text
     assert images_of(nb) >= 1  # the loss curve, inline
-    # The quick model was trained into the test's own cache, not the user's.
-    assert any(name.startswith("small-llama-chat-v1-") for name in os.listdir(tmp_path / "cache"))
+    # The quick model was built into the test's own cache, not the user's.
+    assert any(name.startswith("tiny-gemma2-random-") for name in os.listdir(tmp_path / "cache"))
 
 
 def test_scaling_study(tmp_path, monkeypatch):

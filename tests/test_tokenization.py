@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from prosv_jax import tokenization as tk
+from prosv_jax.models import offline_tokenizers as tk
 
 HI = [{"role": "user", "content": "Hi there"}]
 
@@ -154,3 +155,25 @@ def test_training_is_deterministic(corpus):
     assert a.get_vocab() == b.get_vocab()
     assert tk.family_tokens("gemma").stop_tokens == ("<end_of_turn>", "<eos>")
     assert tk.family_tokens("qwen2").stop_tokens == ("<|im_end|>",)
+
+
+@pytest.mark.parametrize("family, expected", [
+    ("gemma", ["<bos>", "<start_of_turn>", "model", "\n"]),
+    ("llama3", ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "\n\n"]),
+    ("qwen2", ["<|im_start|>", "system", "assistant", "\n"]),
+])
+def test_prompt_only_positions_steer_the_templates_filler_tokens(family, expected):
+    """f2+l2 on a chat-templated prompt selects the template's role and newline tokens, whole, as on the real
+    vocabularies (method.md: `<bos>`, `<start_of_turn>`, `model`, `\\n` for Gemma)."""
+    import jax.numpy as jnp
+
+    from prosv_jax.inference.prompts import prompt_ids
+    from prosv_jax.interventions.positions import PositionSpec
+
+    tokenizer = tk.builtin_tokenizer(family, vocab_size=512)
+    ids = prompt_ids(tokenizer, "Tell me about Paris.", True)
+    valid = jnp.ones((1, len(ids)), bool)
+    mask = np.asarray(PositionSpec.parse("f2+l2").mask(valid, valid))[0]
+    selected = [tokenizer.decode([i]) if tokenizer.convert_ids_to_tokens(i) not in tokenizer.all_special_tokens
+                else tokenizer.convert_ids_to_tokens(i) for i, keep in zip(ids, mask) if keep]
+    assert selected == expected

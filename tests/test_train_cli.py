@@ -187,7 +187,7 @@ def test_diverged_runs_are_left_out_of_evaluation_with_a_warning(tmp_path):
 def test_axbench_positives_examples_and_negatives(tmp_path, concept10_split):
     from transformers import AutoTokenizer
 
-    from prosv_jax.builtin import builtin_model_dir
+    from prosv_jax.models.tiny import builtin_model_dir
     from prosv_jax.data import axbench
 
     pairs = axbench.concept_positives(SPLIT, 3)
@@ -226,7 +226,7 @@ def test_responses_are_cut_as_the_reference_cuts_them(tmp_path):
     positives and negatives at data.simpo_max_response = 128 (the reference's SimPO path). method.md section 3."""
     from transformers import AutoTokenizer
 
-    from prosv_jax.builtin import builtin_model_dir
+    from prosv_jax.models.tiny import builtin_model_dir
     from prosv_jax.commands.train import build_datasets
     from prosv_jax.config import resolve
     from prosv_jax.data import axbench

@@ -17,6 +17,7 @@ from flax import nnx
 
 from prosv_jax.models.config import ModelConfig
 from prosv_jax.models.decoder import Decoder
+from prosv_jax.models.hf_folder import add_transformers4_fields
 from prosv_jax.models.safetensors_io import CheckpointError, open_checkpoint, save_checkpoint
 from prosv_jax.models.sharding import ShardingRules, weight_sharding
 
@@ -142,4 +143,5 @@ def save_model(model: Decoder, hf_config, model_dir: str | os.PathLike, *,
     if ModelConfig.from_hf(hf_config, ignore_fields) != model.cfg:
         raise ValueError("hf_config does not describe this model (its ModelConfig differs)")
     hf_config.save_pretrained(model_dir)
+    add_transformers4_fields(model_dir)  # so transformers 4.x reads the same RoPE settings
     save_checkpoint(hf_tensors(model), model_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import itertools
 import json
 from collections.abc import Iterable
 
@@ -134,6 +135,18 @@ def family_tokens(family: str) -> FamilyTokens:
         raise ValueError(f"unknown tokenizer family {family!r}; expected one of {FAMILIES}") from None
 
 
+# The chat templates' filler words, made whole tokens as in the real vocabularies: PrOSV's f2+l2 steers them
+# (e.g. Gemma's `model`, `\n`), so an offline tokenizer that split them would steer other tokens than the paper.
+ROLE_WORDS = ("user", "model", "assistant", "system", "\n\n")
+
+
+def _role_word_lines(repeats: int = 2000) -> Iterable[str]:
+    """Training lines that make each role word frequent enough for BPE to merge it into one token."""
+    for word in ROLE_WORDS:
+        for _ in range(repeats):
+            yield word + ("" if word.endswith("\n") else "\n")
+
+
 def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int, family: str) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on `texts` and dress it as a `family` tokenizer (special tokens, BOS, chat template).
 
@@ -154,7 +167,7 @@ def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int, family: str) -> P
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(texts, trainer=trainer)
+    backend.train_from_iterator(itertools.chain(texts, _role_word_lines()), trainer=trainer)
 
     post = [processors.ByteLevel(trim_offsets=False)]
     if spec.bos is not None:

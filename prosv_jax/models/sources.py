@@ -72,7 +72,7 @@ def _gemma3_file(staging: str) -> str:
 
 
 def _gemma_template() -> str:
-    from prosv_jax.tokenization import GEMMA_CHAT_TEMPLATE
+    from prosv_jax.models.offline_tokenizers import GEMMA_CHAT_TEMPLATE
 
     return GEMMA_CHAT_TEMPLATE
 
@@ -104,7 +104,7 @@ def resolve_model_dir(spec: str | os.PathLike) -> str:
     """The local HF folder that `spec` names, converting or building it first if it is not cached yet."""
     spec = os.fspath(spec)
     if spec in TINY_NAMES:
-        from prosv_jax.builtin import builtin_model_dir
+        from prosv_jax.models.tiny import builtin_model_dir
 
         return builtin_model_dir()
     if spec in KNOWN_MODELS:

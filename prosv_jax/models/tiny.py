@@ -6,19 +6,31 @@ it exists to exercise the whole pipeline, not to write well.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
 
 from flax import nnx
 
-BUILTIN_NAME = "tiny-gemma2-random-v1"
+from prosv_jax.models.sources import cache_root
+
 BUILTIN_VOCAB = 512
 
 
-def cache_root() -> str:
-    """Where prosv-jax caches what it builds: $PROSV_JAX_CACHE, else ~/.cache/prosv_jax."""
-    return os.environ.get("PROSV_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "prosv_jax")
+def builtin_name(seed: int = 0) -> str:
+    """The cache folder name, tied to everything the build depends on (config, vocabulary, tokenizer family, seed,
+    the library versions that draw the weights), so a changed build never reuses a stale folder."""
+    import flax
+    import tokenizers
+
+    key = json.dumps([builtin_hf_config(BUILTIN_VOCAB, {}).to_dict(), "gemma", seed, flax.__version__,
+                      tokenizers.__version__, BUILD_VERSION], sort_keys=True, default=str)
+    return "tiny-gemma2-random-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+BUILD_VERSION = 2  # bumped when the build itself changes
 
 
 def builtin_hf_config(vocab_size: int, special_ids: dict):
@@ -36,10 +48,11 @@ def builtin_model_dir(seed: int = 0) -> str:
     """
     from prosv_jax.models.config import ModelConfig
     from prosv_jax.models.decoder import Decoder
+    from prosv_jax.models.hf_folder import save_tokenizer
     from prosv_jax.models.loading import save_model
-    from prosv_jax.tokenization import builtin_tokenizer
+    from prosv_jax.models.offline_tokenizers import builtin_tokenizer
 
-    target = os.path.join(cache_root(), BUILTIN_NAME)
+    target = os.path.join(cache_root(), builtin_name(seed))
     if os.path.isfile(os.path.join(target, "model.safetensors")):
         return target
     os.makedirs(cache_root(), exist_ok=True)
@@ -48,43 +61,13 @@ def builtin_model_dir(seed: int = 0) -> str:
                    pad_token_id=tokenizer.pad_token_id)
     hf_config = builtin_hf_config(BUILTIN_VOCAB, special)
     model = Decoder(ModelConfig.from_hf(hf_config), rngs=nnx.Rngs(seed))
-    staging = tempfile.mkdtemp(prefix=BUILTIN_NAME + ".", dir=cache_root())
+    staging = tempfile.mkdtemp(prefix="." + builtin_name(seed) + ".", dir=cache_root())
     try:
         save_model(model, hf_config, staging)
-        tokenizer.save_pretrained(staging)
+        save_tokenizer(tokenizer, staging)  # loads in transformers 4.x too
         shutil.rmtree(target, ignore_errors=True)  # an incomplete earlier build, if any
         os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
-
-
-SMALL_LM_NAME = "small-llama-chat-v1"
-
-
-def small_lm_dir(**overrides) -> str:
-    """Path of the small pretrained offline chat model, training it once (a few CPU minutes) if it is not cached.
-
-    The default lives at `<cache_root()>/small-llama-chat-v1`; keyword overrides (`prosv_jax.small_lm.SmallLMSettings`
-    fields, e.g. `steps=20` in tests) get their own directory, suffixed by a hash of the overrides. Training writes
-    to a temporary directory that is renamed at the end, so a kill never leaves a half model behind.
-    """
-    import hashlib
-    import json
-
-    from prosv_jax.small_lm import SmallLMSettings, estimated_minutes, train_small_lm
-
-    settings = SmallLMSettings(**overrides)  # validates the names
-    name = SMALL_LM_NAME
-    if overrides:
-        key = json.dumps(dict(sorted(overrides.items())), sort_keys=True, default=str)
-        name += "-" + hashlib.sha256(key.encode()).hexdigest()[:10]
-    target = os.path.join(cache_root(), name)
-    if os.path.isfile(os.path.join(target, "model.safetensors")) and os.path.isfile(
-            os.path.join(target, "training_log.json")):
-        return target
-    print(f"training the small offline model once (~{estimated_minutes(settings)} minutes; cached at {target})...",
-          flush=True)
-    os.makedirs(cache_root(), exist_ok=True)
-    return train_small_lm(target, **overrides)
