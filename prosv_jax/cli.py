@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from prosv_jax.commands import axbench, demo, generate, models, train
-from prosv_jax.models.hf_config import accept_config_fields
+from prosv_jax.models.hf_config import accepted_config_fields
 
 COMMANDS = (demo, generate, train, axbench, models)
 
@@ -46,9 +46,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    accept_config_fields(getattr(args, "accept_config_field", ()))
     try:
-        return args.run(args)
+        with accepted_config_fields(getattr(args, "accept_config_field", ())):
+            return args.run(args)
     except user_errors() as error:  # a message, not a traceback
         print(f"prosv-jax {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -73,7 +73,7 @@ class DemoSettings:
         return dataclasses.asdict(self)
 
 
-QUICK = DemoSettings(train_examples=24, heldout=6, epochs=2, instructions=3, max_new_tokens=32,
+QUICK = DemoSettings(train_examples=24, heldout=6, epochs=3, instructions=3, max_new_tokens=32,
                      sweep_betas=(1.0, 4.0), sweep_factor_lrs=(5.0, 50.0))
 
 

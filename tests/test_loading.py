@@ -248,3 +248,62 @@ def test_bfloat16_checkpoint(tmp_path):
     reference_logits = hf_models.hf_logits(upcast, tokens, valid, positions)
     np.testing.assert_allclose(jax_logits(as_f32, tokens, valid, positions)[valid], reference_logits[valid],
                                rtol=0, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------- real-checkpoint metadata
+
+
+def test_metadata_fields_of_real_checkpoints_are_accepted(reference, model_dir):
+    """Names, versions, special token ids, caching and dtype cannot change the math: a config carrying them (as
+    transformers' own GGUF conversion writes) loads, and gives the reference logits."""
+    edit_config(model_dir, _model_name_or_path="Smollm2 135M", unk_token_id=0, sep_token_id=None, use_cache=False,
+                torch_dtype="bfloat16", transformers_version="4.57.1")
+    tokens, valid, positions = batch()
+    expected = hf_models.hf_logits(reference[0], tokens, valid, positions)
+    np.testing.assert_allclose(jax_logits(load_model(model_dir), tokens, valid, positions)[valid], expected[valid],
+                               rtol=0, atol=1e-4)
+
+
+def test_cli_accepts_a_named_config_field_knowingly(tmp_path, capsys):
+    from prosv_jax import cli
+
+    directory = tmp_path / "model"
+    hf_models.build(LLAMA, directory, with_tokenizer=True)
+    edit_config(directory, my_new_flag=True)
+    capsys.readouterr()  # the build's own progress lines
+    args = ["generate", "--model", str(directory), "--prompt", "hi", "--max-new-tokens", "2"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "my_new_flag" in err and "--accept-config-field" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(args + ["--accept-config-field", "my_new_flag"]) == 0
+    capsys.readouterr()
+    assert cli.main(args) == 2  # accepted for that command only, not for the rest of the process
+
+
+def test_saved_folders_carry_what_transformers_4_reads(tmp_path):
+    """transformers 4.x reads rope_theta (and Gemma-3's rope_local_base_freq, sliding_window_pattern) instead of
+    rope_parameters, and knows no `TokenizersBackend` class: the folders prosv-jax writes carry the 4.x spellings
+    with the same values, field by field."""
+    from prosv_jax.models.hf_folder import TOKENIZER_CLASS
+
+    for name in ("gemma3_qknorm_ropes", LLAMA):
+        source, out = tmp_path / name, tmp_path / f"{name}-saved"
+        hf_models.build(name, source, with_tokenizer=False)
+        save_model(load_model(source), transformers.AutoConfig.from_pretrained(source), out)
+        with open(out / "config.json") as f:
+            config = json.load(f)
+        params = config["rope_parameters"]
+        if name.startswith("gemma3"):
+            assert config["rope_theta"] == params["full_attention"]["rope_theta"]
+            assert config["rope_local_base_freq"] == params["sliding_attention"]["rope_theta"]
+            types = config["layer_types"]
+            if config.get("sliding_window_pattern") is not None:
+                period = config["sliding_window_pattern"]
+                assert all((t == "full_attention") == ((i + 1) % period == 0) for i, t in enumerate(types))
+        else:
+            assert config["rope_theta"] == params["rope_theta"]
+        assert load_model(out).cfg == load_model(source).cfg
+    from prosv_jax.models.tiny import builtin_model_dir
+
+    with open(os.path.join(builtin_model_dir(), "tokenizer_config.json")) as f:
+        assert json.load(f)["tokenizer_class"] == TOKENIZER_CLASS == "PreTrainedTokenizerFast"

@@ -7,6 +7,7 @@ raises `UnsupportedConfigError`: a new transformers feature is never silently ig
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Mapping
 
 from prosv_jax.models.config import FULL_ATTENTION, RopeConfig, UnsupportedConfigError
@@ -55,10 +56,16 @@ _FAMILY = {
 _ACCEPTED_FIELDS: set[str] = set()
 
 
-def accept_config_fields(names) -> None:
-    """Accepts the named config fields in every model loaded from now on in this process (a user's informed choice
-    that they do not change the math); Python callers can pass `ignore_fields` per load instead."""
-    _ACCEPTED_FIELDS.update(names)
+@contextlib.contextmanager
+def accepted_config_fields(names):
+    """Within the block, the named config fields are accepted in every model loaded (a user's informed choice that
+    they do not change the math: `--accept-config-field`); Python callers can pass `ignore_fields` per load."""
+    added = set(names) - _ACCEPTED_FIELDS
+    _ACCEPTED_FIELDS.update(added)
+    try:
+        yield
+    finally:
+        _ACCEPTED_FIELDS.difference_update(added)
 
 
 def _hf_config_object(hf_config):
