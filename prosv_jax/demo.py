@@ -40,9 +40,10 @@ class Recipe:
     def at_width(self, width: int) -> "Recipe":
         """The recipe moved from Gemma-2-2B's width to `width` by the method's rules: eta_alpha ~ n^+1/2,
         eta_v ~ n^-1/2; beta and c already scale with sqrt(n) through alpha_0 = beta sqrt(n), v_0 ~ U(+-c/sqrt(n))."""
-        ratio = width / RECIPE_WIDTH
-        return dataclasses.replace(self, factor_lr=self.factor_lr * ratio ** 0.5,
-                                   direction_lr=self.direction_lr * ratio ** -0.5)
+        from prosv_jax.training.optim import width_scaled
+
+        return dataclasses.replace(self, factor_lr=width_scaled(self.factor_lr, 0.5, width, RECIPE_WIDTH),
+                                   direction_lr=width_scaled(self.direction_lr, -0.5, width, RECIPE_WIDTH))
 
 
 RECIPES = {"PrOSV": Recipe(beta=4.0, factor_lr=10.0, c=8.0, direction_lr=4e-2),

