@@ -190,6 +190,21 @@ def test_pipeline(env):
     assert {(r["method"], r["task"]) for r in urows} == {(m, t) for m in ("unsteered", "PrOSV", "PrOSV x0.5",
                                                                           "prompting") for t in ("mc", "gsm")}
     assert all(len(r["per_concept"]) == (1 if r["method"] == "unsteered" else 2) for r in urows)
+    # m15: every accuracy recomputed from the stored predictions (prediction vs gold, then the mean per steering and
+    # over steerings), and the predictions are those of the answers under the prosv protocol's parses
+    from prosv_jax.evaluation.utility import parse_gsm, parse_mc
+
+    slug = {"unsteered": "unsteered", "PrOSV": "PrOSV", "PrOSV x0.5": "PrOSV_x0.5", "prompting": "prompting"}
+    for r in urows:
+        per = {}
+        for name in r["per_concept"]:
+            preds = read_jsonl(util / "items" / slug[r["method"]] / r["task"] / f"{name}.jsonl")
+            assert len(preds) == r["n_items"]
+            for p in preds:
+                parsed = parse_mc(p["answer"], 4) if r["task"] == "mc" else parse_gsm(p["answer"])
+                assert p["prediction"] == parsed and p["correct"] == (parsed is not None and parsed == p["gold"])
+            per[name] = sum(p["correct"] for p in preds) / len(preds)
+        assert r["per_concept"] == pytest.approx(per) and r["accuracy"] == pytest.approx(sum(per.values()) / len(per))
 
     # --- score, checked against a hand computation from the ratings files
     report_dir = root / "report"
