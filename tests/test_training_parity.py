@@ -8,6 +8,8 @@ labels, the loss formulas and the optimiser loop (torch.optim.Adam + get_linear_
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -384,6 +386,43 @@ def test_accumulated_recipe_matches_torch_adam_loop(pair, objective, decay_over)
         assert (micro_norms > 1.0).any()
     final = final[f"layer{LAYER}"]
     assert abs(float(final["alpha"]) - float(params[f"layer{LAYER}"]["alpha"])) > 0.05, "alpha must move"
+    np.testing.assert_allclose(float(final["alpha"]), alpha_t, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(final["v"]), v_t, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("pair", ["llama_gqa_untied"], indirect=True)  # one model: compile time
+def test_trainer_simpo_with_accumulation_and_a_partial_batch_matches_torch(pair, tmp_path):
+    """M8 through the Trainer itself (its cached reference log-probs, pos/neg gather, prefix cache, batch order):
+    5 pairs in batches of 3 (the second batch of each epoch has 2 real pairs and one masked), 2 epochs, grad_accum 2.
+    Torch runs the reference loop on the same batches, the partial one simply smaller."""
+    from prosv_jax.interventions import load_steering
+    from prosv_jax.training.data import TrainDataset, batch_indices
+    from prosv_jax.training.trainer import RunSpec, TrainConfig, Trainer
+
+    torch_model, model = pair
+    a, b = simpo_examples(3), simpo_examples(13)
+    positives, negatives = a[:3] + b[:2], a[3:] + b[3:5]
+    steering = Steering.single(LAYER, SteeringVector(beta=3.0, c=1.0), "f2+l2")
+    optim = OptimConfig(factor_lr=ETA_ALPHA, direction_lr=ETA_V, grad_accum=2)
+    trainer = Trainer(model, steering, {"d": TrainDataset.from_examples(positives, negatives)}, str(tmp_path), optim,
+                      StepConfig("simpo"), TrainConfig(epochs=2, batch_size=3, runs_per_program=1, progress=False))
+    run = RunSpec("r", seed=7, dataset="d")
+    init = trainer._init_params(run)[f"layer{LAYER}"]
+    summary = trainer.train([run])["r"]
+    assert summary["steps"] == 4 and not summary["diverged"]
+
+    order = []
+    for step in range(4):
+        idx, mask = batch_indices(7, step, 5, 3)
+        real = [int(i) for i, m in zip(idx, mask) if m]
+        order.append([positives[i] for i in real] + [negatives[i] for i in real])
+    assert [len(o) // 2 for o in order] == [3, 2, 3, 2]  # the partial batches are smaller on the torch side
+    alpha_t, v_t, losses_t, _ = torch_training(torch_model, init, "f2+l2", order, 2, 4, "simpo")
+    records = [json.loads(line) for line in open(tmp_path / "groups" / "group-0000" / "metrics.jsonl")]
+    np.testing.assert_allclose([r["loss"] for r in records], losses_t, rtol=1e-5, atol=1e-5)
+    _, final, _ = load_steering(tmp_path / "runs" / "r")
+    final = final[f"layer{LAYER}"]
+    assert abs(float(final["alpha"]) - float(init["alpha"])) > 0.05, "alpha must move"
     np.testing.assert_allclose(float(final["alpha"]), alpha_t, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(final["v"]), v_t, rtol=1e-4, atol=1e-5)
 
