@@ -136,10 +136,6 @@ class ModelConfig:
     def window_for(self, layer: int) -> int | None:
         return self.sliding_window if self.layer_types[layer] == SLIDING_ATTENTION else None
 
-    @property
-    def num_groups(self) -> int:
-        return self.num_heads // self.num_kv_heads
-
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
