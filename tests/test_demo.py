@@ -117,7 +117,8 @@ def test_demo_trains_and_compares_on_the_real_model(demo_run):
 
 
 def test_a_steering_trained_on_the_real_model_applies_with_steer(demo_run, capsys):
-    """The demo's saved PrOSV loads and steers `prosv-jax generate --steer` (greedy: exactly the Generator's answer)."""
+    """The demo's saved PrOSV (trained in bfloat16) loads and steers `prosv-jax generate --steer` in float32 (greedy:
+    exactly the Generator's answer with the loaded steering, and not the unsteered one)."""
     from prosv_jax import cli
     from prosv_jax.evaluation.generation import Generator
     from prosv_jax.interventions import load_steering
@@ -128,12 +129,12 @@ def test_a_steering_trained_on_the_real_model_applies_with_steer(demo_run, capsy
     os.environ["PROSV_JAX_CACHE"] = env["PROSV_JAX_CACHE"]
     try:
         args = ["generate", "--model", "smollm2-135m-instruct", "--chat", "--prompt", prompt, "--max-new-tokens",
-                "16", "--json", "--dtype", "bfloat16"]
+                "16", "--json"]
         assert cli.main(args + ["--steer", str(saved)]) == 0
         steered = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert cli.main(args) == 0
         plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        generator = Generator("smollm2-135m-instruct", "bfloat16", batch_size=1)
+        generator = Generator("smollm2-135m-instruct", "float32", batch_size=1)
         steering, params, _ = load_steering(str(saved), generator.model.cfg)
         expected = generator([prompt], steering=steering, params=params, max_new_tokens=16, temperature=0.0)[0]
     finally:
