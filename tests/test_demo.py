@@ -117,7 +117,7 @@ def test_demo_trains_and_compares_on_the_real_model(demo_run):
 
 
 def test_a_steering_trained_on_the_real_model_applies_with_steer(demo_run, capsys):
-    """The demo's saved PrOSV (trained in bfloat16) loads and steers `prosv-jax generate --steer` in float32 (greedy:
+    """The demo's saved PrOSV loads and steers `prosv-jax generate --steer` (float32 greedy decoding:
     exactly the Generator's answer with the loaded steering, and not the unsteered one)."""
     from prosv_jax import cli
     from prosv_jax.evaluation.generation import Generator
