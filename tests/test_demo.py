@@ -116,7 +116,7 @@ def test_demo_trains_and_compares_on_the_real_model(demo_run):
     assert f"results in {out}" in stdout
 
 
-def test_a_steering_trained_on_the_real_model_applies_with_steer(demo_run, capsys):
+def test_a_steering_trained_on_the_real_model_applies_with_steer(demo_run, capsys, monkeypatch):
     """The demo's saved PrOSV loads and steers `prosv-jax generate --steer` (float32 greedy decoding:
     exactly the Generator's answer with the loaded steering, and not the unsteered one)."""
     from prosv_jax import cli
@@ -126,19 +126,16 @@ def test_a_steering_trained_on_the_real_model_applies_with_steer(demo_run, capsy
     out, _, _, env = demo_run
     saved = out / "prosv" / "runs" / "prosv"
     prompt = "Tell me about Paris."
-    os.environ["PROSV_JAX_CACHE"] = env["PROSV_JAX_CACHE"]
-    try:
-        args = ["generate", "--model", "smollm2-135m-instruct", "--chat", "--prompt", prompt, "--max-new-tokens",
-                "16", "--json"]
-        assert cli.main(args + ["--steer", str(saved)]) == 0
-        steered = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        assert cli.main(args) == 0
-        plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-        generator = Generator("smollm2-135m-instruct", "float32", batch_size=1)
-        steering, params, _ = load_steering(str(saved), generator.model.cfg)
-        expected = generator([prompt], steering=steering, params=params, max_new_tokens=16, temperature=0.0)[0]
-    finally:
-        del os.environ["PROSV_JAX_CACHE"]
+    monkeypatch.setenv("PROSV_JAX_CACHE", env["PROSV_JAX_CACHE"])
+    args = ["generate", "--model", "smollm2-135m-instruct", "--chat", "--prompt", prompt, "--max-new-tokens", "16",
+            "--json"]
+    assert cli.main(args + ["--steer", str(saved)]) == 0
+    steered = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert cli.main(args) == 0
+    plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    generator = Generator("smollm2-135m-instruct", "float32", batch_size=1)
+    steering, params, _ = load_steering(str(saved), generator.model.cfg)
+    expected = generator([prompt], steering=steering, params=params, max_new_tokens=16, temperature=0.0)[0]
     assert steered["text"] == expected.text and steered["text"] != plain["text"]
 
 

@@ -46,7 +46,6 @@ def generate_texts(model_dir: str, prompts: list[str], *, max_new_tokens: int, t
     from prosv_jax.inference.sampling import SamplingConfig
     from prosv_jax.interventions import load_steering, steering_hooks
     from prosv_jax.models.loading import load_model
-
     from prosv_jax.models.sources import resolve_model_dir
 
     if steer_factor is not None and steer is None:

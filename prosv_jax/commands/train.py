@@ -75,23 +75,13 @@ def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def _check_model_path(config) -> None:
-    from prosv_jax.models.sources import KNOWN_MODELS, TINY_NAMES, model_names_help
+def _model_dir(config) -> str:
+    """The local folder of model.path (any source `resolve_model_dir` takes), converted or built if need be."""
+    from prosv_jax.models.sources import model_names_help, resolve_model_dir
 
-    path = config.model.path
-    if not path:
+    if not config.model.path:
         hint = f"/path/to/{config.model.name}" if config.model.name else "/path/to/model"
         raise ValueError(f"model.path is not set: pass --config.model.path={hint} ({model_names_help()})")
-    named = path in KNOWN_MODELS or path in TINY_NAMES
-    if not named and not (os.path.isdir(path) or (path.endswith(".gguf") and os.path.isfile(path))):
-        raise FileNotFoundError(f"model.path {path} is neither a folder, a .gguf file nor a known model name "
-                                f"({model_names_help()})")
-
-
-def _model_dir(config) -> str:
-    from prosv_jax.models.sources import resolve_model_dir
-
-    _check_model_path(config)
     return resolve_model_dir(config.model.path)
 
 
@@ -193,7 +183,6 @@ def check_config(config) -> None:
     if config.model.dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model.dtype must be float32 or bfloat16, got {config.model.dtype!r}")
     PositionSpec.parse(config.steering.positions)
-    _check_model_path(config)
     model_dir = _model_dir(config)
     check_layer(config, ModelConfig.from_pretrained(model_dir).num_layers, model_dir)
     if not config.data.split_dir:

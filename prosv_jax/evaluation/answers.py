@@ -194,8 +194,6 @@ def run_generate(s: GenerateSettings, attack: Callable[[dict], dict] | None = No
 
     _check(s)
     model_dir = resolve_model_dir(s.model)
-    if not os.path.isdir(model_dir):
-        raise FileNotFoundError(f"model folder {s.model} not found")
     runs = find_runs(s.runs, s.include_diverged, log) if s.runs else []
     split = s.split or (split_of_runs(s.runs) if s.runs else None)
     if not split:

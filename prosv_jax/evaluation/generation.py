@@ -12,7 +12,6 @@ sweep and the trained-factor and swept runs share one program.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Sequence
 
 import numpy as np
@@ -53,24 +52,23 @@ def trained_factor(steering, params) -> float:
 class Generator:
     """A loaded model + tokenizer that answers lists of prompts, unsteered or with a steering.
 
-    `model_dir`: any model source `resolve_model_dir` takes (folder, .gguf, known name, "builtin"). Prompts are user messages, chat-templated when `chat`.
+    `model_dir`: any model source `resolve_model_dir` takes (folder, .gguf, known name, "builtin"). Prompts are
+    user messages, chat-templated when `chat`.
     """
 
     def __init__(self, model_dir: str, dtype: str = "float32", batch_size: int = 16):
         import jax.numpy as jnp
         from transformers import AutoTokenizer
 
-        from prosv_jax.models.sources import resolve_model_dir
         from prosv_jax.inference.prompts import stop_token_ids
         from prosv_jax.models.loading import load_model
+        from prosv_jax.models.sources import resolve_model_dir
 
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model_dir = resolve_model_dir(model_dir)
-        if not os.path.isdir(self.model_dir):
-            raise FileNotFoundError(f"model folder {model_dir} not found")
         self.dtype = dtype
         self.batch_size = int(batch_size)
         self.model = load_model(self.model_dir, getattr(jnp, dtype))

@@ -140,8 +140,6 @@ def local_generate_fn(model_dir: str, dtype: str = "float32", batch_size: int = 
     from .generation import Generator
 
     path = resolve_model_dir(model_dir)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"local judge model folder {model_dir} not found")
     loaded = []
 
     def generate(prompts):

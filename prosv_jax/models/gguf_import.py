@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from prosv_jax.models.gguf_metadata import GGUFError, hf_config_dict, read_gguf
-from prosv_jax.models.hf_folder import write_generation_config, write_hf_config, write_tokenizer
+from prosv_jax.models.gguf_metadata import GGUFError, gguf_tokenizer, hf_config_dict, read_gguf
+from prosv_jax.models.hf_folder import save_tokenizer, write_generation_config, write_hf_config
 from prosv_jax.models.safetensors_io import save_checkpoint
 
 SOURCE_FILE = "gguf_source.json"  # what was converted, and the size of every file written beside it
@@ -106,7 +106,8 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *,
     try:
         write_hf_config(config, staging)
         save_checkpoint(tensors, staging)
-        tokenizer = write_tokenizer(gguf_file, staging, chat_template=chat_template)
+        tokenizer = gguf_tokenizer(gguf_file, chat_template)
+        save_tokenizer(tokenizer, staging)
         write_generation_config(config, tokenizer, staging)
         files = {name: os.path.getsize(os.path.join(staging, name)) for name in sorted(os.listdir(staging))}
         with open(os.path.join(staging, SOURCE_FILE), "w") as f:  # written last: the record of a whole folder

@@ -16,7 +16,6 @@ GGUF_ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gemma2": "gemma2", "g
 # The classic llama.cpp types, whose dequantization is checked against transformers' here; others are refused.
 SUPPORTED_QUANT_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
                          "Q5_K", "Q6_K")
-_END_OF_TURN = ("<end_of_turn>", "<|im_end|>", "<|eot_id|>")
 
 
 class GGUFError(ValueError):
@@ -169,9 +168,3 @@ def _within_vocabulary(backend, size: int):
         return backend
     data["added_tokens"] = kept
     return Tokenizer.from_str(json.dumps(data))
-
-
-def end_of_turn_ids(tokenizer) -> list[int]:
-    """Ids of the chat end-of-turn markers the vocabulary has (answers stop there as well as at EOS)."""
-    vocab = tokenizer.get_vocab()
-    return [vocab[t] for t in _END_OF_TURN if t in vocab]

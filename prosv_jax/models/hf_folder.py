@@ -77,21 +77,14 @@ def save_tokenizer(tokenizer, model_dir: str) -> None:
         f.write("\n")
 
 
-def write_tokenizer(reader, model_dir: str, *, chat_template: str | None = None):
-    """Builds the tokenizer a GGUF file describes, saves it to `model_dir` and returns it."""
-    from prosv_jax.models.gguf_metadata import gguf_tokenizer
-
-    tokenizer = gguf_tokenizer(reader, chat_template)
-    save_tokenizer(tokenizer, model_dir)
-    return tokenizer
-
-
 def write_generation_config(config: dict[str, Any], tokenizer, model_dir: str) -> None:
-    """generation_config.json: the special ids, with every end-of-turn marker as a stop token beside EOS."""
-    from prosv_jax.models.gguf_metadata import end_of_turn_ids
+    """generation_config.json: the special ids, with every end-of-turn marker of the vocabulary as a stop token
+    beside EOS."""
+    from prosv_jax.inference.prompts import END_OF_TURN_TOKENS
 
+    vocab = tokenizer.get_vocab()
     eos = [config["eos_token_id"]] if config.get("eos_token_id") is not None else []
-    eos += [i for i in end_of_turn_ids(tokenizer) if i not in eos]
+    eos += [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab and vocab[t] not in eos]
     data = {"bos_token_id": config.get("bos_token_id"), "eos_token_id": eos if len(eos) != 1 else eos[0],
             "pad_token_id": config.get("pad_token_id"), "_from_model_config": False}
     with open(os.path.join(model_dir, "generation_config.json"), "w") as f:
