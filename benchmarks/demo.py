@@ -4,7 +4,7 @@ Each run is a fresh `prosv-jax demo` process into a fresh output folder; "cold" 
 PROSV_JAX_CACHE, so it includes the one-off dequantization of SmolLM2-135M-Instruct. The targets of the real-models
 issue: the default under 10 minutes cold on 2 cores, `--quick` under 3. The table gives the wall clock, the stage
 times the demo records, the held-out losses and concept-word rates, and the load average around each run (other jobs
-on the machine slow it down; a fair number wants a quiet machine).
+on the machine slow it down; a fair number wants a quiet machine); the JSON record keeps every answer.
 
     python benchmarks/demo.py                 # quick cold, quick warm, default cold, default warm
     python benchmarks/demo.py --runs quick    # only the quick pair
@@ -39,7 +39,8 @@ def run_demo(kind: str, cache: str, out: str) -> dict:
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
     return dict(wall_s=round(wall, 1), stages=summary["seconds"], heldout_loss=summary["heldout_loss"],
-                concept_word_rate=summary["concept_word_rate"], load=(round(load_before, 2), round(os.getloadavg()[0], 2)))
+                concept_word_rate=summary["concept_word_rate"], load=(round(load_before, 2), round(os.getloadavg()[0], 2)),
+                instructions=summary["instructions"], answers=summary["answers"])
 
 
 def main(argv=None) -> None:

