@@ -5,7 +5,9 @@
     prosv-jax axbench generate   --model DIR --prompting-file F --split SPLIT [--instructions ALPACA] --out GEN
     prosv-jax axbench diffmean   --model DIR --split SPLIT --layer L --out TRAIN [--concepts ...] [--positions all]
     prosv-jax axbench generate   --model DIR --runs TRAIN --out GEN --factor-grid    (factor selection, 14 factors)
+    prosv-jax axbench detectors  --model EVAL --split SPLIT --out DET [--layer L] [--concepts ...]
     prosv-jax axbench judge      --generations GEN [--judge openai|local] [--judge-model M] [--base-url U] [--cache C]
+    prosv-jax axbench judge      --generations GEN --judge probe --detectors DET           (no judge LLM)
     prosv-jax axbench score      --ratings DIR [DIR ...] --out REPORT [--utility UTIL ...]
     prosv-jax axbench utility    --model DIR --runs TRAIN --mc F --gsm F --out UTIL [--first-k 10] [--factor-scales]
     prosv-jax axbench robustness --model DIR --runs TRAIN [--instructions ALPACA] --out GEN
@@ -89,7 +91,11 @@ def _add_generation_args(p, with_factors: bool = True) -> None:
 
 
 def _add_judge_args(p) -> None:
-    p.add_argument("--judge", choices=("openai", "local"), default="openai")
+    p.add_argument("--judge", choices=("openai", "local", "probe"), default="openai",
+                   help="openai: an OpenAI-compatible endpoint; local: a local instruct model answering the rubric; "
+                        "probe: no judge LLM, ratings from concept detectors and an evaluator model's likelihoods "
+                        "(give --detectors; see prosv_jax/evaluation/probe_judge.py)")
+    p.add_argument("--detectors", metavar="DIR", help="probe: an `axbench detectors` folder (its evaluator rates)")
     p.add_argument("--judge-model", help="openai: model name (default $PROSV_JUDGE_MODEL or gpt-4o-mini); "
                                          "local: a prosv-jax model folder")
     p.add_argument("--base-url", help="OpenAI-compatible endpoint (default $PROSV_JUDGE_BASE_URL or OpenAI's); "
@@ -122,6 +128,12 @@ def build_judge(args, cache: str):
     from prosv_jax.evaluation import LocalJudge, OpenAIJudge, load_rubric_templates
     from prosv_jax.evaluation.rating import local_generate_fn
 
+    if args.judge == "probe":
+        from prosv_jax.evaluation.probe_judge import ProbeJudge
+
+        if not args.detectors:
+            raise ValueError("--judge probe needs --detectors DIR (made by `prosv-jax axbench detectors`)")
+        return ProbeJudge(args.detectors, batch_size=args.judge_batch_size)
     templates = load_rubric_templates(args.rubric) if args.rubric else None
     if args.judge == "openai":
         return OpenAIJudge(templates=templates, parse=args.rating_parse, **_openai_kwargs(args, cache))
@@ -167,6 +179,17 @@ def run_diffmean(args) -> int:
                        args.batch_size, args.dtype)
     print(f"diffmean steerings: {os.path.abspath(args.out)} ({len(folders)} concepts); next: prosv-jax axbench "
           f"generate --model {args.model} --runs {args.out} --factor-grid --out GEN")
+    return 0
+
+
+def run_detectors(args) -> int:
+    from prosv_jax.evaluation.concept_detector import DETECTORS_CSV, run_detectors as detectors
+
+    rows = detectors(args.model, args.split, args.out, args.layer, _ids(args.concepts), args.batch_size,
+                     args.max_tokens, args.dtype)
+    flagged = [r["concept_id"] for r in rows if r["flagged"]]
+    print(f"concept detectors: {os.path.abspath(args.out)} ({len(rows)} concepts, table {DETECTORS_CSV}"
+          f"{'; flagged (AUROC < 0.85): ' + ','.join(map(str, flagged)) if flagged else ''})")
     return 0
 
 
@@ -276,6 +299,20 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.set_defaults(run=run_diffmean)
+
+    p = stages.add_parser("detectors", help="a judge-free concept detector per concept (a probe on an evaluator "
+                                            "model), validated on the split's held-out latent_eval texts")
+    p.add_argument("--model", required=True, help="the evaluator model (another than the steered one): "
+                                                  + model_names_help())
+    p.add_argument("--split", required=True, metavar="DIR",
+                   help="AxBench split folder with inference/latent_eval_data.parquet, or bundled:concept10")
+    p.add_argument("--layer", type=int, help="the evaluator block whose residuals are pooled (default: the middle)")
+    p.add_argument("--out", required=True, metavar="DIR", help="c<id>.json per concept and detectors.csv")
+    p.add_argument("--concepts", metavar="IDS", help="concept ids, e.g. 0,1 (default: every concept of the split)")
+    p.add_argument("--max-tokens", type=int, default=256, help="texts are cut to this many tokens")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.set_defaults(run=run_detectors)
 
     p = stages.add_parser("judge", help="rate every answer on the three rubric questions")
     p.add_argument("--generations", required=True, metavar="DIR", help="an `axbench generate` output folder")

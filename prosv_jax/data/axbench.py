@@ -6,7 +6,9 @@ A split folder is AxBench's `prod_<model>_<layer>_v1` (holding `generate/`) or i
 - `train_data.parquet`: needs `input` (raw instruction), `output` (response), `category` ("positive"/"negative")
   and `concept_id` (int; -1 for shared negatives).
 
-For concept c the training pairs are the rows with `concept_id == c` and `category == "positive"`.
+For concept c the training pairs are the rows with `concept_id == c` and `category == "positive"`. Beside
+`generate/`, `inference/latent_eval_data.parquet` (optional; `output`, `category`, `concept_id`) holds AxBench's
+held-out concept texts on other instructions: "positive", "negative" and "hard negative" rows per concept.
 The split "bundled:concept10" is the concept10 split shipped with the package (`prosv_jax.data.bundled`).
 
 Negatives for SimPO (optional; AxBench does not ship them, so they are never made up here): a JSONL file with one
@@ -29,6 +31,8 @@ METADATA_FILE = "metadata.jsonl"
 TRAIN_FILE = "train_data.parquet"
 METADATA_COLUMNS = ("concept_id", "concept")
 TRAIN_COLUMNS = ("input", "output", "category", "concept_id")
+LATENT_FILE = "latent_eval_data.parquet"
+LATENT_COLUMNS = ("output", "category", "concept_id")
 NEGATIVE_FIELDS = ("concept_id", "instruction", "output")
 
 Pair = tuple[str, str]  # (instruction, response)
@@ -111,6 +115,27 @@ def _pairs(split_dir, concept_id: int, category: str) -> list[Pair]:
     if not pairs:
         raise ValueError(f"{path}: concept {concept_id} has no {category} rows")
     return pairs
+
+
+def latent_eval_outputs(split_dir: str | os.PathLike, concept_id: int) -> tuple[list[str], list[str]]:
+    """(texts with the concept, texts without it: its negatives and hard negatives) from the split's
+    `inference/latent_eval_data.parquet`: held-out texts, never for training."""
+    generate = generate_dir(split_dir)
+    root = os.path.dirname(generate) if os.path.basename(generate) == "generate" else generate
+    path = os.path.join(root, "inference", LATENT_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: the split has no held-out concept texts (AxBench's "
+                                f"inference/{LATENT_FILE}); use a split folder of the AxBench release or "
+                                "bundled:concept10")
+    table = _load(path, "from_parquet", LATENT_COLUMNS)
+    rows = [(o, cat) for o, cat, c in zip(table["output"], table["category"], table["concept_id"])
+            if int(c) == int(concept_id)]
+    with_concept = [o for o, cat in rows if cat == "positive"]
+    without = [o for o, cat in rows if cat != "positive"]
+    if not with_concept or not without:
+        raise ValueError(f"{path}: concept {concept_id} has {len(with_concept)} positive and {len(without)} negative "
+                         "held-out texts; a detector needs both")
+    return with_concept, without
 
 
 def concept_negatives(path: str | os.PathLike, concept_id: int, positives: Sequence[Pair]) -> list[Pair]:
