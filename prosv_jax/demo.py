@@ -76,8 +76,8 @@ class DemoSettings:
     sweep: bool = False
     sweep_betas: tuple[float, ...] = (1.0, 4.0, 16.0)
     sweep_factor_lrs: tuple[float, ...] = (0.5, 5.0, 50.0)
-    instructions: int = 6  # AlpacaEval instructions answered by each model
-    max_new_tokens: int = 64
+    instructions: int = 10  # AlpacaEval instructions answered by each model
+    max_new_tokens: int = 96
     temperature: float = 0.7
 
     def to_dict(self) -> dict:
