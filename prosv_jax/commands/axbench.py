@@ -6,6 +6,7 @@
     prosv-jax axbench diffmean   --model DIR --split SPLIT --layer L --out TRAIN [--concepts ...] [--positions all]
     prosv-jax axbench generate   --model DIR --runs TRAIN --out GEN --factor-grid    (factor selection, 14 factors)
     prosv-jax axbench detectors  --model EVAL --split SPLIT --out DET [--layer L] [--concepts ...]
+    prosv-jax axbench negatives  --model DIR --split SPLIT --detectors DET --out NEG.jsonl [--concepts ...]
     prosv-jax axbench judge      --generations GEN [--judge openai|local] [--judge-model M] [--base-url U] [--cache C]
     prosv-jax axbench judge      --generations GEN --judge probe --detectors DET           (no judge LLM)
     prosv-jax axbench score      --ratings DIR [DIR ...] --out REPORT [--utility UTIL ...]
@@ -193,6 +194,15 @@ def run_detectors(args) -> int:
     return 0
 
 
+def run_negatives(args) -> int:
+    from prosv_jax.evaluation.negatives import run_negatives as negatives
+
+    negatives(args.model, args.split, args.detectors, args.out, _ids(args.concepts), args.max_new_tokens,
+              args.threshold, args.retries, args.batch_size, args.dtype)
+    print(f"negatives: {os.path.abspath(args.out)}; train SimPO with --config.data.negatives={args.out}")
+    return 0
+
+
 def run_judge(args) -> int:
     from prosv_jax.evaluation.rating import PartialRatings, default_out, format_stats
     from prosv_jax.evaluation.rating import run_judge as judge_stage
@@ -313,6 +323,20 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.set_defaults(run=run_detectors)
+
+    p = stages.add_parser("negatives", help="concept-free answers to the training instructions for SimPO, by the "
+                                            "unsteered model, filtered by the concept detectors")
+    p.add_argument("--model", required=True, help="the model to be steered: " + model_names_help())
+    p.add_argument("--split", required=True, metavar="DIR", help="AxBench split folder, or bundled:concept10")
+    p.add_argument("--detectors", required=True, metavar="DET", help="an `axbench detectors` folder")
+    p.add_argument("--out", required=True, metavar="FILE", help="the negatives JSONL (resumes concept by concept)")
+    p.add_argument("--concepts", metavar="IDS", help="concept ids, e.g. 0,1 (default: every concept of the split)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--threshold", type=float, default=0.5, help="an answer with P(concept) >= this is re-sampled")
+    p.add_argument("--retries", type=int, default=3, help="re-samples (temperature 1) of a concept-carrying answer")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.set_defaults(run=run_negatives)
 
     p = stages.add_parser("judge", help="rate every answer on the three rubric questions")
     p.add_argument("--generations", required=True, metavar="DIR", help="an `axbench generate` output folder")

@@ -261,3 +261,35 @@ def load_detectors(out: str, with_source: bool = False):
     if any(s != sources[0] for s in sources):
         raise ValueError(f"{out} mixes detectors made with different settings; remake them into one folder")
     return (found, sources[0]) if with_source else found
+
+
+@dataclasses.dataclass
+class Evaluator:
+    """The detectors of an `axbench detectors` folder with the evaluator model that made them."""
+
+    detectors: dict[int, ConceptDetector]
+    source: dict
+    model: object
+    tokenizer: object
+
+    @classmethod
+    def load(cls, detectors_dir: str, dtype: str = "float32") -> "Evaluator":
+        from transformers import AutoTokenizer
+
+        from prosv_jax.models.loading import load_model
+        from prosv_jax.models.sources import resolve_model_dir
+
+        detectors, source = load_detectors(detectors_dir, with_source=True)
+        model_dir = resolve_model_dir(source["model"])
+        return cls(detectors, source, load_model(model_dir, jnp.dtype(dtype)), AutoTokenizer.from_pretrained(model_dir))
+
+    def concept_probability(self, concept_id: int, texts: Sequence[str], batch_size: int = 16,
+                            max_tokens: int = 128) -> np.ndarray:
+        """P(concept | text) [N] from concept `concept_id`'s detector."""
+        if concept_id not in self.detectors:
+            raise ValueError(f"no detector for concept {concept_id} (have {sorted(self.detectors)}): make one with "
+                             "`prosv-jax axbench detectors --concepts ...`")
+        detector = self.detectors[concept_id]
+        features = pooled_residuals(self.model, self.tokenizer, texts, detector.layer, batch_size=batch_size,
+                                    max_tokens=max_tokens)
+        return detector.probability(features)

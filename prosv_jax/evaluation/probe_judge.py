@@ -44,26 +44,20 @@ class ProbeJudge:
     """Rates with the detectors of an `axbench detectors` folder and their evaluator model (see the module doc)."""
 
     def __init__(self, detectors_dir: str, *, batch_size: int = 16, dtype: str = "float32"):
-        import jax.numpy as jnp
-        from transformers import AutoTokenizer
-
         from prosv_jax.concepts import alpaca_gpt4_pairs
-        from prosv_jax.models.loading import load_model
-        from prosv_jax.models.sources import resolve_model_dir
 
-        from .concept_detector import load_detectors
+        from .concept_detector import Evaluator
+        from .sacrifice import reference_pairs
 
         self.detectors_dir = os.path.abspath(detectors_dir)
-        self.detectors, self.source = load_detectors(detectors_dir, with_source=True)
-        self.by_concept = {d.concept: d for d in self.detectors.values()}
-        model_dir = resolve_model_dir(self.source["model"])
-        self.model = load_model(model_dir, jnp.dtype(dtype))
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.evaluator = Evaluator.load(detectors_dir, dtype)
+        self.detectors, self.source = self.evaluator.detectors, self.evaluator.source
+        self.model, self.tokenizer = self.evaluator.model, self.evaluator.tokenizer
+        self.concept_ids = {d.concept: cid for cid, d in self.detectors.items()}
         self.batch_size = batch_size
         self.stats = JudgeStats()
         self._pool = [row["instruction"] for row in alpaca_gpt4_pairs()]
-        anchors = alpaca_gpt4_pairs()[::len(self._pool) // ANCHOR_ANSWERS][:ANCHOR_ANSWERS]
-        instructions, answers = [r["instruction"] for r in anchors], [r["output"] for r in anchors]
+        instructions, answers = zip(*reference_pairs(ANCHOR_ANSWERS))
         shuffled = [" ".join(random.Random(k).sample(a.split(), len(a.split()))) for k, a in enumerate(answers)]
         self.anchors = {"pmi_ref": _median(self.pmi(instructions, answers)),
                         "nll_ref": _median(self.nll(answers)), "nll_bad": _median(self.nll(shuffled))}
@@ -112,19 +106,15 @@ class ProbeJudge:
 
     def concept_probability(self, concepts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         """P(concept | answer) [N] from each concept's detector."""
-        from .concept_detector import pooled_residuals
-
-        missing = sorted({c for c in concepts if c not in self.by_concept})
+        missing = sorted({c for c in concepts if c not in self.concept_ids})
         if missing:
             raise ValueError(f"no detector for concept {missing[0]!r} in {self.detectors_dir}: make one with "
                              "`prosv-jax axbench detectors` on the split these answers were steered from")
         out = np.zeros(len(answers))
         for concept in set(concepts):
             rows = [k for k, c in enumerate(concepts) if c == concept]
-            detector = self.by_concept[concept]
-            features = pooled_residuals(self.model, self.tokenizer, [answers[k] for k in rows], detector.layer,
-                                        batch_size=self.batch_size, max_tokens=MAX_ANSWER_TOKENS)
-            out[rows] = detector.probability(features)
+            out[rows] = self.evaluator.concept_probability(self.concept_ids[concept], [answers[k] for k in rows],
+                                                           self.batch_size, MAX_ANSWER_TOKENS)
         return out
 
     # --- the Judge protocol -----------------------------------------------------------------------------------------
