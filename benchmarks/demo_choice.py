@@ -40,11 +40,9 @@ def main(argv=None) -> None:
     p.add_argument("--train-examples", type=int, default=defaults.train_examples)
     args = p.parse_args(argv)
 
-    from prosv_jax.concepts import concept10_lexicon, concept10_split, concept_word_rate
-    from prosv_jax.data.axbench import lang_examples
+    from prosv_jax.concepts import concept10_lexicon, concept_word_rate
     from prosv_jax.evaluation.generation import Generator
     from prosv_jax.models.sources import resolve_model_dir
-    from prosv_jax.training.data import TrainDataset
 
     generator = Generator(resolve_model_dir(defaults.model), defaults.dtype, batch_size=defaults.instructions)
     model, tokenizer = generator.model, generator.tokenizer
@@ -55,12 +53,7 @@ def main(argv=None) -> None:
         for concept in args.concepts:
             settings = dataclasses.replace(defaults, concept_id=concept, epochs=args.epochs,
                                            train_examples=args.train_examples)
-            train_pairs, heldout_pairs = concept10_split(concept, settings.heldout)
-            train_pairs = train_pairs[:settings.train_examples]
-            dataset = lambda pairs: TrainDataset.from_examples(  # noqa: E731
-                lang_examples(tokenizer, pairs, settings.max_response, True), max_response=settings.max_response,
-                pad_id=tokenizer.pad_token_id)
-            train_set, heldout_set = dataset(train_pairs), dataset(heldout_pairs)
+            train_pairs, train_set, heldout_set = demo.concept_datasets(tokenizer, settings)
             lexicon = concept10_lexicon(concept, train_pairs)
             for layer, method in ((layer, m) for layer in args.layers for m in args.methods.split(",")):
                 start = time.perf_counter()

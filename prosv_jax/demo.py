@@ -115,12 +115,10 @@ def run_demo(out_dir: str, settings: DemoSettings = DemoSettings(), log: Callabl
     import jax.numpy as jnp
     from transformers import AutoTokenizer
 
-    from prosv_jax.concepts import concept10_descriptions, concept10_lexicon, concept10_split, concept_word_rate
-    from prosv_jax.data.axbench import lang_examples
+    from prosv_jax.concepts import concept10_descriptions, concept10_lexicon, concept_word_rate
     from prosv_jax.evaluation.generation import Generator
     from prosv_jax.models.loading import load_model
     from prosv_jax.models.sources import resolve_model_dir
-    from prosv_jax.training.data import TrainDataset
 
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -133,16 +131,10 @@ def run_demo(out_dir: str, settings: DemoSettings = DemoSettings(), log: Callabl
     model = load_model(model_dir, jnp.dtype(settings.dtype))
     if not 0 <= settings.layer < model.cfg.num_layers:
         raise ValueError(f"layer {settings.layer} is out of range: the model has blocks 0..{model.cfg.num_layers - 1}")
-    train_pairs, heldout_pairs = concept10_split(settings.concept_id, settings.heldout)
-    train_pairs = train_pairs[:settings.train_examples]
+    train_pairs, train_set, heldout_set = concept_datasets(tokenizer, settings)
     concept = concept10_descriptions()[settings.concept_id]
-    log(f"concept {settings.concept_id}: {concept!r} ({len(train_pairs)} training, {len(heldout_pairs)} held-out "
+    log(f"concept {settings.concept_id}: {concept!r} ({len(train_pairs)} training, {len(heldout_set)} held-out "
         "examples)")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    dataset = lambda pairs: TrainDataset.from_examples(  # noqa: E731
-        lang_examples(tokenizer, pairs, settings.max_response, True), max_response=settings.max_response,
-        pad_id=pad_id)
-    train_set, heldout_set = dataset(train_pairs), dataset(heldout_pairs)
 
     methods = {}
     recipes = {m: r.at_width(model.cfg.hidden_size) for m, r in RECIPES.items()}
@@ -197,6 +189,22 @@ def run_demo(out_dir: str, settings: DemoSettings = DemoSettings(), log: Callabl
     summary["seconds"] = clock.stages
     write_json(os.path.join(out_dir, SUMMARY_JSON), summary, default=str)
     return summary
+
+
+def concept_datasets(tokenizer, settings: DemoSettings):
+    """(training pairs, training set, held-out set) of the settings' concept: the first `train_examples` of its
+    examples and its last `heldout`, chat-templated, responses cut to `max_response` tokens."""
+    from prosv_jax.concepts import concept10_split
+    from prosv_jax.data.axbench import lang_examples
+    from prosv_jax.training.data import TrainDataset
+
+    train_pairs, heldout_pairs = concept10_split(settings.concept_id, settings.heldout)
+    train_pairs = train_pairs[:settings.train_examples]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    dataset = lambda pairs: TrainDataset.from_examples(  # noqa: E731
+        lang_examples(tokenizer, pairs, settings.max_response, True), max_response=settings.max_response,
+        pad_id=pad_id)
+    return train_pairs, dataset(train_pairs), dataset(heldout_pairs)
 
 
 def _check_settings(out_dir: str, settings: DemoSettings) -> None:

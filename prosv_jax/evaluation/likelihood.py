@@ -46,11 +46,11 @@ def answer_logprobs(model, examples: Sequence[Example], *, steering=None, params
     graphdef, state = nnx.split(model)
     if params is not None:
         params = jax.tree.map(lambda p: jnp.asarray(p, model.dtype), params)
+    rows = [everything.tokens, everything.valid, everything.prompt_mask, everything.target_index,
+            everything.target_ids, everything.target_mask]
     sums = []
     for start in range(0, len(examples), batch_size):
         take = np.minimum(np.arange(start, start + batch_size), len(examples) - 1)  # a short last batch repeats
-        rows = [everything.tokens, everything.valid, everything.prompt_mask, everything.target_index,
-                everything.target_ids, everything.target_mask]
         data = StepData(*(a[take] for a in rows), np.zeros(batch_size, np.float32))
         sums.append(np.asarray(_batch_logprob_sums(graphdef, state, steering, params, data, vocab_chunk),
                                np.float64))
