@@ -54,6 +54,7 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "steering.rank": _int_at_least(1),
     "data.concept_ids": _list_of(_int_at_least(0)),
     "data.max_response": _int_at_least(0),
+    "data.max_examples": _int_at_least(0),
     "data.simpo_max_response": _int_at_least(0),
     "data.chat": _BOOL,
     "objective": _choice("lang", "simpo"),

@@ -138,16 +138,19 @@ def test_prompt_only_positions_select_the_template_tokens(real):
         assert selected == EXPECTED_F2_L2[name]
 
 
-@pytest.mark.parametrize("method, beta, factor_lr, c", [("prosv", 4, 10.0, 8), ("fssv", 2, 1.0, 1)])
-def test_smollm2_configs_take_the_real_model_and_the_moved_recipe(method, beta, factor_lr, c, real_models_cache,
+@pytest.mark.parametrize("name, beta, factor_lr, c", [("lang_prosv", 4, 10.0, 8), ("lang_fssv", 2, 1.0, 1),
+                                                       ("simpo_prosv", 4, 20.0, 8)])
+def test_smollm2_configs_take_the_real_model_and_the_moved_recipe(name, beta, factor_lr, c, real_models_cache,
                                                                    monkeypatch):
     """The SmolLM2 train configs name the built-in real model (resolved like any --model) and carry the paper's
-    Gemma-2-2B L10 Lang row moved from width 2304 to 576: eta_alpha x (576/2304)^1/2, eta_v x (576/2304)^-1/2."""
+    Gemma-2-2B L10 row moved from width 2304 to 576: eta_alpha x (576/2304)^1/2, eta_v x (576/2304)^-1/2."""
     from prosv_jax.commands.train import _model_dir, check_config
     from prosv_jax.config import resolve
 
     config = resolve(os.path.join(os.path.dirname(__file__), "..", "experiments", "configs",
-                                      f"smollm2_135m_l12_lang_{method}.py"))
+                                  f"smollm2_135m_l12_{name}.py"))
+    if config.objective == "simpo":
+        config.data.negatives = __file__  # check_config only asks that the file exists
     monkeypatch.setenv("PROSV_JAX_CACHE", real_models_cache.root)
     check_config(config)
     assert _model_dir(config) == real_models_cache("smollm2-135m-instruct")

@@ -440,3 +440,20 @@ def test_loss_plot_marks_diverged_runs_and_skips_torn_lines(tmp_path):
     _truncate_metrics(str(group / "metrics.jsonl"), 4)  # resuming at step 4 drops later and torn lines
     kept = [json.loads(line) for line in open(group / "metrics.jsonl")]
     assert sorted({r["step"] for r in kept}) == [0, 1, 2, 3] and len(kept) == 8
+
+
+def test_a_train_folder_grows_by_concepts_and_max_examples_caps_each(tmp_path, capsys):
+    """data.max_examples trains on each concept's first N positives; a finished folder given more concepts after its
+    own (same order) trains only the new ones; any other change of the concept list is refused."""
+    out = tmp_path / "out"
+    small = ["--config", TINY_PROSV, "--config.data.max_examples=6", "--config.train.epochs=1",
+             "--config.train.runs_per_program=1", "--out", str(out)]
+    assert cli(*small, "--config.data.concept_ids=[0]") == 0
+    first = (out / "runs" / "c0-s42-flr1-dlr0.04-b4-c8" / "params.safetensors").read_bytes()
+    assert [r["step"] for r in metrics(out)] == [0]  # 6 examples, batch 12: one step
+    assert cli(*small, "--config.data.concept_ids=[0, 1]") == 0
+    assert "resuming in" in capsys.readouterr().out
+    assert (out / "runs" / "c0-s42-flr1-dlr0.04-b4-c8" / "params.safetensors").read_bytes() == first
+    assert (out / "runs" / "c1-s42-flr1-dlr0.04-b4-c8" / "steering.json").is_file()
+    assert cli(*small, "--config.data.concept_ids=[1, 0, 2]") == 2
+    assert "fields ['data.concept_ids'] differ" in capsys.readouterr().err

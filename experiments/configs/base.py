@@ -9,7 +9,8 @@ Fields:
                     train_factor, rank (LoReFT)
   data.*            split_dir (AxBench prod_<model>_<layer>_v1 folder or its generate/, or "bundled:concept10":
                     the concept10 split shipped with prosv-jax; "" = must be set by the user), concept_ids ([] = every
-                    concept of the split), max_response (Lang's response cut in tokens; 0 = whole responses, as
+                    concept of the split), max_examples (train on each concept's first N positives; 0 = all),
+                    max_response (Lang's response cut in tokens; 0 = whole responses, as
                     the reference trains), simpo_max_response (SimPO's cut: 128, as the reference), negatives
                     (SimPO's JSONL, "" = none), chat
   objective         lang | simpo
@@ -46,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
         layer=10, positions="f2+l2", kind="steering_vector", beta=2.0, c=1.0, lam=1.0, init="uniform",
         unit_norm=False, train_factor=True, rank=4))
     c.data = ml_collections.ConfigDict(dict(
-        split_dir="", concept_ids=[], max_response=0, simpo_max_response=128, negatives="", chat=True))
+        split_dir="", concept_ids=[], max_examples=0, max_response=0, simpo_max_response=128, negatives="", chat=True))
     c.objective = "lang"
     c.vocab_chunk = 8192
     c.optim = ml_collections.ConfigDict(dict(

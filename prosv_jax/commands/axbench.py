@@ -13,7 +13,9 @@
     prosv-jax axbench utility    --model DIR --runs TRAIN --mc F --gsm F --out UTIL [--first-k 10] [--factor-scales]
     prosv-jax axbench robustness --model DIR --runs TRAIN [--instructions ALPACA] --out GEN
                                  (--attack-file F | --attack-template | --attack-llm) [--factor-scales 1,0.8,0.5]
-    prosv-jax axbench prompts    --split SPLIT --out F.jsonl [--concepts ...] (judge endpoint options)
+    prosv-jax axbench prompts    --split SPLIT --out F.jsonl [--concepts ...] (judge endpoint options | --template)
+    prosv-jax axbench sacrifice  --model DIR (--runs TRAIN | --prompting-file F --split SPLIT) --out SAC
+                                 [--factors-from REPORT --method M]
 
 File formats are documented in prosv_jax/evaluation/{answers,rating,report,utility,concept_prompts}.py. A split may be
 'bundled:concept10' (AxBench's concept10 split shipped with prosv-jax); the instructions default to the bundled
@@ -198,8 +200,21 @@ def run_negatives(args) -> int:
     from prosv_jax.evaluation.negatives import run_negatives as negatives
 
     negatives(args.model, args.split, args.detectors, args.out, _ids(args.concepts), args.max_new_tokens,
-              args.threshold, args.retries, args.batch_size, args.dtype)
+              args.threshold, args.retries, args.batch_size, args.dtype, args.max_examples)
     print(f"negatives: {os.path.abspath(args.out)}; train SimPO with --config.data.negatives={args.out}")
+    return 0
+
+
+def run_sacrifice(args) -> int:
+    from prosv_jax.evaluation.sacrifice import TABLE_FILE, run_sacrifice as sacrifice
+
+    rows = sacrifice(args.model, args.out, runs=args.runs, prompting_file=args.prompting_file, split=args.split,
+                     concepts=_ids(args.concepts), factors_from=args.factors_from, method=args.method,
+                     n_pairs=args.n_pairs, max_answer=args.max_answer, batch_size=args.batch_size, dtype=args.dtype,
+                     chat=not args.no_chat)
+    mean = sum(r["sacrifice"] for r in rows) / len(rows)
+    print(f"sacrifice: {os.path.join(os.path.abspath(args.out), TABLE_FILE)} ({len(rows)} rows, mean {mean:+.4f} "
+          "nats per token)")
     return 0
 
 
@@ -270,13 +285,18 @@ def run_robustness(args) -> int:
 
 
 def run_prompts(args) -> int:
-    from prosv_jax.evaluation.concept_prompts import STEERING_PROMPT_PROMPT, llm_texts
+    from prosv_jax.evaluation.concept_prompts import (STEERING_PROMPT_PROMPT, llm_texts,
+                                                      steering_prompt_from_template)
     from prosv_jax.evaluation.records import write_jsonl
     from prosv_jax.evaluation.runs import check_concepts, concept_table
 
     concepts = concept_table(args.split)
     ids = _ids(args.concepts) or sorted(concepts)
     check_concepts(ids, concepts, args.split)
+    if args.template:
+        write_jsonl(args.out, [{"concept_id": c, "prompt": steering_prompt_from_template(concepts[c])} for c in ids])
+        print(f"steering prompts: {args.out} ({len(ids)} concepts, from the template; no judge LLM)")
+        return 0
     texts, stats = llm_texts(STEERING_PROMPT_PROMPT, [(concepts[c], "") for c in ids],
                              **_openai_kwargs(args, args.cache or os.path.splitext(args.out)[0] + "_cache"))
     write_jsonl(args.out, [{"concept_id": c, "prompt": t} for c, t in zip(ids, texts)])
@@ -334,9 +354,30 @@ def add_parser(subparsers) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--threshold", type=float, default=0.5, help="an answer with P(concept) >= this is re-sampled")
     p.add_argument("--retries", type=int, default=3, help="re-samples (temperature 1) of a concept-carrying answer")
+    p.add_argument("--max-examples", type=int, default=0,
+                   help="answer only each concept's first N training instructions (as data.max_examples; 0 = all)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     p.set_defaults(run=run_negatives)
+
+    p = stages.add_parser("sacrifice", help="what each steering (or steering prompt) costs: the NLL of GPT-4's "
+                                            "AlpacaEval answers, steered minus unsteered")
+    p.add_argument("--model", required=True, help="the steered model: " + model_names_help())
+    p.add_argument("--runs", metavar="TRAIN_OUT", help="output folder of `prosv-jax train` (the steerings)")
+    p.add_argument("--prompting-file", metavar="F", help="the prompting baseline: JSONL {concept_id, prompt}")
+    p.add_argument("--split", metavar="DIR", help="AxBench split folder, or bundled:concept10 (default: the runs')")
+    p.add_argument("--concepts", metavar="IDS", help="concept ids, e.g. 0,1 (default: all trained)")
+    p.add_argument("--out", required=True, metavar="DIR", help="c<id>.json per concept and sacrifice.csv")
+    p.add_argument("--factors-from", metavar="REPORT", help="an `axbench score` folder: steer at the factor its "
+                                                              "factor selection chose for --method (else: trained)")
+    p.add_argument("--method", help="row label (default: the runs folder's name); with --factors-from, the method "
+                                    "whose chosen factors to use")
+    p.add_argument("--n-pairs", type=int, default=32, help="GPT-4 answers used (spread over AlpacaEval's 805)")
+    p.add_argument("--max-answer", type=int, default=128, help="answers cut to this many tokens")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    p.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    p.set_defaults(run=run_sacrifice)
 
     p = stages.add_parser("judge", help="rate every answer on the three rubric questions")
     p.add_argument("--generations", required=True, metavar="DIR", help="an `axbench generate` output folder")
@@ -390,9 +431,11 @@ def add_parser(subparsers) -> None:
     _add_judge_args(p)
     p.set_defaults(run=run_robustness)
 
-    p = stages.add_parser("prompts", help="write a prompting-baseline file with the judge LLM")
+    p = stages.add_parser("prompts", help="write a prompting-baseline file with the judge LLM (or a template)")
     p.add_argument("--split", required=True, metavar="DIR")
     p.add_argument("--concepts", metavar="IDS")
     p.add_argument("--out", required=True, metavar="FILE")
+    p.add_argument("--template", action="store_true",
+                   help="no judge LLM: one fixed sentence naming the concept (concept_prompts.STEERING_PROMPT_TEMPLATE)")
     _add_judge_args(p)
     p.set_defaults(run=run_prompts)

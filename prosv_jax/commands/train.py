@@ -157,6 +157,8 @@ def build_datasets(config, tokenizer) -> tuple[dict, list[int]]:
     datasets = {}
     for cid in ids:
         positives = axbench.concept_positives(d.split_dir, cid)
+        if d.max_examples:
+            positives = positives[:d.max_examples]  # the first N, in the split's order (a budget knob)
         neg_examples = None
         if negatives:
             neg_pairs = axbench.concept_negatives(negatives, cid, positives)
@@ -307,6 +309,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _extends(old_ids, new_ids) -> bool:
+    """Whether `new_ids` lists `old_ids` first, in the same order, then more (a train folder grown by concepts)."""
+    old_ids, new_ids = list(old_ids), list(new_ids)
+    return bool(old_ids) and len(new_ids) > len(old_ids) and new_ids[:len(old_ids)] == old_ids
+
+
 def _run(args: argparse.Namespace) -> int:
     import jax
 
@@ -331,7 +339,10 @@ def _run(args: argparse.Namespace) -> int:
     saved = os.path.join(config.out_dir, CONFIG_JSON)
     if os.path.isfile(saved) and os.path.isdir(os.path.join(config.out_dir, "groups")):
         with open(saved) as f:
-            changed = [n for n in diff(json.load(f), to_dict(config)) if n not in _RESUME_FREE]
+            old = json.load(f)
+        changed = [n for n in diff(old, to_dict(config)) if n not in _RESUME_FREE]
+        if changed == ["data.concept_ids"] and _extends(old["data"]["concept_ids"], config.data.concept_ids):
+            changed = []  # more concepts after the trained ones: finished groups are kept (their run names checked)
         if changed:
             raise ValueError(f"{config.out_dir} holds results of another config (fields {changed} differ); "
                              "rerun with the same config to resume, or choose a new --out")

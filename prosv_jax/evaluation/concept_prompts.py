@@ -51,6 +51,11 @@ Concept: {concept}
 
 Reply with the prompt only, between the lines <<<BEGIN REWRITE>>> and <<<END REWRITE>>>."""
 
+# The steering prompt without a judge LLM (`axbench prompts --template`): AxBench's prompts are written by
+# gpt-4o-mini; this fixed sentence is the offline stand-in (the study says which one it used).
+STEERING_PROMPT_TEMPLATE = ("Whatever the question, your answer must also be about the following concept, and "
+                            "mention it clearly: {concept}.")
+
 PROMPTING_FIELDS = ("concept_id", "prompt")
 ATTACK_FIELDS = ("concept_id", "instruction_index", "instruction")
 
@@ -58,6 +63,10 @@ ATTACK_FIELDS = ("concept_id", "instruction_index", "instruction")
 def prompting_prompt(prompt: str, instruction: str) -> str:
     """PROMPTING_FORMAT filled in: the steering prompt, a blank line, "Question: " and the instruction."""
     return f"{prompt}\n\nQuestion: {instruction}"
+
+
+def steering_prompt_from_template(concept: str) -> str:
+    return render_template(STEERING_PROMPT_TEMPLATE, concept=concept, instruction="", answer="")
 
 
 def suppression_from_template(concept: str, instruction: str) -> str:

@@ -19,8 +19,9 @@ import numpy as np
 
 def run_negatives(model: str, split: str, detectors: str, out: str, concepts: Sequence[int] | None = None,
                   max_new_tokens: int = 128, threshold: float = 0.5, retries: int = 3, batch_size: int = 16,
-                  dtype: str = "float32", log: Callable[[str], None] = print) -> dict:
+                  dtype: str = "float32", max_examples: int = 0, log: Callable[[str], None] = print) -> dict:
     """Writes the negatives JSONL `out` for every concept of `split` (or `concepts`); returns a summary per concept.
+    `max_examples` > 0: only each concept's first N training instructions (as `data.max_examples` trains on).
     A concept already in `out` is kept (the stage resumes concept by concept)."""
     from prosv_jax.data import axbench
     from prosv_jax.files import write_atomic
@@ -31,6 +32,8 @@ def run_negatives(model: str, split: str, detectors: str, out: str, concepts: Se
 
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"--threshold must be a probability in (0, 1), got {threshold}")
+    if max_examples < 0:
+        raise ValueError(f"--max-examples must be >= 0 (0 = all), got {max_examples}")
     if retries < 0:
         raise ValueError(f"--retries must be >= 0, got {retries}")
     table = concept_table(split)
@@ -49,7 +52,7 @@ def run_negatives(model: str, split: str, detectors: str, out: str, concepts: Se
         if cid in done:
             log(f"concept {cid}: already in {out}")
             continue
-        instructions = [i for i, _ in axbench.concept_positives(split, cid)]
+        instructions = [i for i, _ in axbench.concept_positives(split, cid)][:max_examples or None]
         texts = [a.text for a in generator(instructions, max_new_tokens=max_new_tokens)]
         p = evaluator.concept_probability(cid, [t if t.strip() else "." for t in texts])
         drawn = ["greedy"] * len(texts)
