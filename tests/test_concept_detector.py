@@ -96,6 +96,37 @@ def test_a_split_without_latent_texts_is_refused_by_name(concept10_split, tmp_pa
         detector_texts(str(copy), 2)
 
 
+def test_a_concept_with_too_few_labelled_texts_is_refused_by_name(concept10_split, tmp_path):
+    """Concept 3 cut to 5 training texts, then concept 4 to 2 held-out texts with it: each is named, with the fix."""
+    import shutil
+
+    import datasets
+
+    copy = tmp_path / "split"
+    shutil.copytree(concept10_split, copy)
+    train = copy / "generate" / "train_data.parquet"
+    rows = datasets.Dataset.from_parquet(str(train)).to_list()
+    kept, seen = [], 0
+    for r in rows:
+        seen += r["concept_id"] == 3
+        if r["concept_id"] != 3 or seen <= 5:
+            kept.append(r)
+    datasets.Dataset.from_list(kept).to_parquet(str(train))
+    with pytest.raises(ValueError, match=r"concept 3 has 5 training texts .* needs at least 16: leave the concept out"):
+        detector_texts(str(copy), 3)
+    latent = copy / "inference" / "latent_eval_data.parquet"
+    rows = datasets.Dataset.from_parquet(str(latent)).to_list()
+    seen, kept = 0, []
+    for r in rows:
+        seen += r["concept_id"] == 4 and r["category"] == "positive"
+        if not (r["concept_id"] == 4 and r["category"] == "positive") or seen <= 2:
+            kept.append(r)
+    datasets.Dataset.from_list(kept).to_parquet(str(latent))
+    with pytest.raises(ValueError, match=r"concept 4 has 2 held-out texts with the concept .* at least 4 of each"):
+        detector_texts(str(copy), 4)
+    assert len(detector_texts(str(copy), 5)["train_positive"]) == 72  # the others are untouched
+
+
 @pytest.fixture(scope="module")
 def smollm2_detectors(real_models_cache, tmp_path_factory):
     """`axbench detectors` for concept 2 (video and multimedia) on SmolLM2-135M-Instruct, block 15."""

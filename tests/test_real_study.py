@@ -121,6 +121,13 @@ def test_plan_prints_every_command_and_bad_input_is_named(tiny_study, capsys, tm
     with pytest.raises(SystemExit):
         study.main(["plan", *common, "--layers=3"])
     assert "config overrides look like --config.field=value" in capsys.readouterr().err
+    assert study.main(["plan", *common, "--config.evaluator.allow_same=False"]) == 2
+    assert "the evaluator is the steered model (builtin)" in capsys.readouterr().err
+    fresh = ["--config", TINY, f"--config.out={tmp_path / 'fresh'}"]
+    assert study.main(["run", *fresh, "--stages", "detectors"]) == 2  # its evaluator block is not chosen yet
+    assert "run stage detector_layers first" in capsys.readouterr().err
+    assert study.main(["run", *fresh, "--stages", "gen_prosv_lang"]) == 1  # nothing trained yet
+    assert "stage gen_prosv_lang failed" in capsys.readouterr().err
     import report
 
     with pytest.raises(FileNotFoundError, match="is not a study folder"):

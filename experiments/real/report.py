@@ -5,7 +5,7 @@
 The study's config is read from <study>/study_config.json (written by `study.py run`).
 
 Writes into --out: per_answer.csv and per_concept.csv (the `axbench score` tables, plus the probe judge's raw
-metrics per answer), sacrifice.csv, detectors.csv (held-out AUROC per concept and candidate evaluator block),
+metrics per answer; per_concept_dev.csv for the dev-only variants), sacrifice.csv, detectors.csv (held-out AUROC per concept and candidate evaluator block),
 stages.csv (wall clock per stage), summary.md / summary.json (the headline table, the dev checks, the claims), and
 the figures concept_vs_sacrifice.png, factor_sweeps.png, plus examples.md (example answers per method).
 
@@ -292,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             r[m] = "" if metrics.get(m) is None else metrics[m]
     write_csv(os.path.join(out, "per_answer.csv"), per_answer)
     shutil.copyfile(os.path.join(report, "per_concept.csv"), os.path.join(out, "per_concept.csv"))
+    if os.path.isfile(os.path.join(study, "report_dev", "per_concept.csv")):
+        shutil.copyfile(os.path.join(study, "report_dev", "per_concept.csv"), os.path.join(out, "per_concept_dev.csv"))
     sacrifice_rows = [r for path in sorted(glob.glob(os.path.join(study, "sacrifice", "*", "sacrifice.csv")))
                       for r in read_csv(path)]
     write_csv(os.path.join(out, "sacrifice.csv"), sacrifice_rows)
@@ -314,7 +316,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows, values = headline(per_concept, sacrifice, main_setting)
     claims = claim_checks(values)
-    dev = dev_checks(per_concept, list(cfg.dev_concepts))
+    dev_table = os.path.join(study, "report_dev", "per_concept.csv")
+    dev_rows = read_csv(dev_table) if os.path.isfile(dev_table) else []
+    dev = dev_checks(per_concept + dev_rows, list(cfg.dev_concepts))
     plot_concept_vs_sacrifice(values, os.path.join(out, "concept_vs_sacrifice.png"))
     plot_factor_sweeps(per_answer, raw, os.path.join(out, "factor_sweeps.png"))
     write_atomic(os.path.join(out, "examples.md"), examples(raw, per_answer, main_setting))

@@ -25,6 +25,10 @@ STUDY_CONFIG = "study_config.json"
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+class StageFailed(RuntimeError):
+    """A stage's command exited with an error (its own message is printed above)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
     name: str
@@ -145,42 +149,63 @@ def stages(cfg) -> list[Stage]:
                                   "--concepts", _ids(main), "--max-examples", str(cfg.train.max_examples),
                                   "--max-new-tokens", str(cfg.train.max_response), "--batch-size",
                                   str(cfg.generation.batch_size), "--dtype", cfg.generation.dtype]))
-    for m in cfg.methods:
-        if m.name == "diffmean":
-            out.append(Stage("train_diffmean", "DiffMean steerings (mean difference of block-L activations)",
-                             lambda m=m: ["axbench", "diffmean", "--model", cfg.model.name, "--split", cfg.split,
-                                          "--layer", str(m.layer or cfg.model.layer), "--concepts", _ids(main),
-                                          "--out", _path(cfg, "train", "diffmean")]))
-        elif m.config:
-            out.append(Stage(f"train_{m.name}", f"train {m.label}", lambda m=m: _train_argv(cfg, m)))
-    generations = []
-    for m in cfg.methods:
-        if m.name != "diffmean":
-            out.append(Stage(f"gen_{m.name}", f"answers, {m.label}", lambda m=m: _generate_argv(cfg, m)))
-            generations.append(f"gen/{m.name}")
-        if m.grid:
-            out.append(Stage(f"gen_{m.name}_grid", f"answers, {m.label}, 14-factor grid",
-                             lambda m=m: _generate_argv(cfg, m, grid=True)))
-            generations.append(f"gen/{m.name}_grid")
-        if m.attack:
-            out.append(Stage(f"attack_{m.name}", f"answers under the suppression attack, {m.label}",
-                             lambda m=m: _generate_argv(cfg, m, attack=True)))
-            generations.append(f"attack/{m.name}")
-    for folder in generations:
+    main_methods = [m for m in cfg.methods if m.concepts != "dev"]
+    dev_methods = [m for m in cfg.methods if m.concepts == "dev"]
+    for m in main_methods:
+        out += _method_stages(cfg, m)
+    out.append(_score_stage(cfg, main_methods, "score", "report"))
+    out += _sacrifice_stages(cfg, main_methods)
+    for m in dev_methods:
+        out += _method_stages(cfg, m)
+    if dev_methods:
+        out.append(_score_stage(cfg, dev_methods, "score_dev", "report_dev"))
+        out += _sacrifice_stages(cfg, dev_methods)
+    out.append(Stage("report", "tables, intervals and figures into the results folder",
+                     lambda: ["--study", os.path.abspath(cfg.out), "--out", _repo_file(cfg.results)], kind="report"))
+    return out
+
+
+def _folders(m) -> list[str]:
+    """The answer folders of a method: gen/<name> (learned factor), gen/<name>_grid, attack/<name>."""
+    return ([f"gen/{m.name}"] if m.name != "diffmean" else []) + ([f"gen/{m.name}_grid"] if m.grid else []) + (
+        [f"attack/{m.name}"] if m.attack else [])
+
+
+def _method_stages(cfg, m) -> list[Stage]:
+    """A method's training, answers and their ratings."""
+    out = []
+    if m.name == "diffmean":
+        out.append(Stage("train_diffmean", "DiffMean steerings (mean difference of block-L activations)",
+                         lambda: ["axbench", "diffmean", "--model", cfg.model.name, "--split", cfg.split,
+                                  "--layer", str(m.layer or cfg.model.layer), "--concepts", _ids(cfg.concepts),
+                                  "--out", _path(cfg, "train", "diffmean")]))
+    elif m.config:
+        out.append(Stage(f"train_{m.name}", f"train {m.label}", lambda: _train_argv(cfg, m)))
+    for folder in _folders(m):
+        kind = {"gen": "answers", "attack": "answers under the suppression attack"}[folder.split("/")[0]]
+        grid = folder.endswith("_grid")
+        out.append(Stage(folder.replace("/", "_"), f"{kind}, {m.label}" + (", 14-factor grid" if grid else ""),
+                         lambda grid=grid, attack=folder.startswith("attack"): _generate_argv(
+                             cfg, m, grid=grid, attack=attack)))
         out.append(Stage("judge_" + folder.replace("/", "_"), f"probe ratings of {folder}",
                          lambda folder=folder: _judge_argv(cfg, folder)))
-    out.append(Stage("score", "steering scores of every rated folder",
-                     lambda: ["axbench", "score", "--ratings", _path(cfg, "gen")]
-                     + ([_path(cfg, "attack")] if any(m.attack for m in cfg.methods) else [])
-                     + ["--out", _path(cfg, "report")]))
-    for m in cfg.methods:
+    return out
+
+
+def _score_stage(cfg, methods, name: str, report: str) -> Stage:
+    folders = [_path(cfg, f, "ratings") for m in methods for f in _folders(m)]
+    return Stage(name, "steering scores of the rated answers",
+                 lambda: ["axbench", "score", "--ratings", *folders, "--out", _path(cfg, report)])
+
+
+def _sacrifice_stages(cfg, methods) -> list[Stage]:
+    out = []
+    for m in methods:
         if m.sacrifice and m.name != "diffmean":
             out.append(Stage(f"sacrifice_{m.name}", f"sacrifice, {m.label}", lambda m=m: _sacrifice_argv(cfg, m)))
         if m.sacrifice and m.grid:
             out.append(Stage(f"sacrifice_{m.name}_selected", f"sacrifice, {m.label} at the selected factor",
                              lambda m=m: _sacrifice_argv(cfg, m, selected=True)))
-    out.append(Stage("report", "tables, intervals and figures into the results folder",
-                     lambda: ["--study", os.path.abspath(cfg.out), "--out", _repo_file(cfg.results)], kind="report"))
     return out
 
 
@@ -203,8 +228,8 @@ def run_stage(cfg, stage: Stage) -> None:
     else:
         code = cli.main(argv)
         if code != 0:
-            raise SystemExit(f"study: stage {stage.name} failed (exit {code}); fix the cause and rerun `study.py "
-                             f"run` (finished stages and concepts are kept)")
+            raise StageFailed(f"stage {stage.name} failed (exit {code}); fix the cause and rerun `study.py run` "
+                              "(finished stages and concepts are kept)")
     seconds = time.time() - start
     write_json(_done_file(cfg, stage.name), {"stage": stage.name, "argv": argv, "wall_s": round(seconds, 1),
                                              "concepts": list(cfg.concepts),
@@ -237,6 +262,10 @@ def load_study_config(path: str, overrides: list[str]):
     names = [m.name for m in cfg.methods]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: method names must be unique, got {names}")
+    if cfg.evaluator.name == cfg.model.name and not cfg.evaluator.allow_same:
+        raise ValueError(f"{path}: the evaluator is the steered model ({cfg.model.name}); its own likelihoods would "
+                         "rate its answers: set evaluator.name to another model (evaluator.allow_same=True only for "
+                         "code tests)")
     unknown = sorted(set(cfg.dev_concepts) - set(cfg.concepts))
     if unknown:
         raise ValueError(f"{path}: dev concepts {unknown} are not among the study's concepts {list(cfg.concepts)}")
@@ -259,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:  # a message, not a traceback
         print(f"study: error: {error}", file=sys.stderr)
         return 2
+    except StageFailed as error:
+        print(f"study: {error}", file=sys.stderr)
+        return 1
 
 
 def _act(args, rest: list[str], parser) -> int:

@@ -25,6 +25,8 @@ from prosv_jax.models.decoder import positions_from_valid
 
 MIN_AUROC = 0.85  # below this a detector's concept is reported separately
 OTHER_CONCEPT_NEGATIVES = 8  # training texts taken from each other concept as negatives
+MIN_TRAIN_POSITIVES = 16  # fewer texts with the concept cannot fit a probe on a residual of hundreds of dimensions
+MIN_HELDOUT_TEXTS = 4  # per class: fewer make the held-out AUROC meaningless
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layer"))
@@ -169,6 +171,13 @@ def detector_texts(split_dir: str, concept_id: int) -> dict[str, list[str]]:
     others = [t for c in axbench.concept_ids(split_dir) if c != concept_id
               for _, t in axbench.concept_positives(split_dir, c)[:OTHER_CONCEPT_NEGATIVES]]
     heldout_positive, heldout_negative = axbench.latent_eval_outputs(split_dir, concept_id)
+    if len(positives) < MIN_TRAIN_POSITIVES:
+        raise ValueError(f"concept {concept_id} has {len(positives)} training texts in {split_dir}; a detector needs "
+                         f"at least {MIN_TRAIN_POSITIVES}: leave the concept out (--concepts) or use a split with more")
+    if min(len(heldout_positive), len(heldout_negative)) < MIN_HELDOUT_TEXTS:
+        raise ValueError(f"concept {concept_id} has {len(heldout_positive)} held-out texts with the concept and "
+                         f"{len(heldout_negative)} without in {split_dir}; validating a detector needs at least "
+                         f"{MIN_HELDOUT_TEXTS} of each: leave the concept out (--concepts) or use a split with more")
     return {"train_positive": positives,
             "train_negative": [t for _, t in axbench.shared_negatives(split_dir)] + others,
             "heldout_positive": heldout_positive, "heldout_negative": heldout_negative}
