@@ -109,6 +109,13 @@ def to_dict(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json())
 
 
+def config_text(config: ml_collections.ConfigDict) -> str:
+    """The config as plain YAML, sorted by field (what commands print and save as config.txt)."""
+    import yaml
+
+    return yaml.safe_dump(to_dict(config), sort_keys=True, default_flow_style=None, width=120).rstrip()
+
+
 def save_config(config: ml_collections.ConfigDict, directory: str | os.PathLike) -> str:
     """Writes `config.json` and the readable `config.txt` into `directory`; returns the JSON path."""
     from prosv_jax.files import write_atomic, write_json
@@ -116,7 +123,7 @@ def save_config(config: ml_collections.ConfigDict, directory: str | os.PathLike)
     directory = os.fspath(directory)
     path = os.path.join(directory, CONFIG_JSON)
     write_json(path, to_dict(config))
-    write_atomic(os.path.join(directory, CONFIG_TEXT), str(config))
+    write_atomic(os.path.join(directory, CONFIG_TEXT), config_text(config) + "\n")
     return path
 
 

@@ -111,6 +111,7 @@ def test_plan_prints_every_command_and_bad_input_is_named(tiny_study, capsys, tm
     printed = capsys.readouterr().out
     assert "prosv-jax axbench train --config" in printed and "--factor-grid" in printed
     assert "prosv-jax axbench sacrifice" in printed and "python experiments/real/report.py" in printed
+    assert "!!python" not in printed and "- attack: true" in printed  # the config's methods print as plain YAML
     with pytest.raises(SystemExit):
         study.main(["run", *common, "--stages", "train_nothing"])
     assert "unknown stage(s) ['train_nothing']" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs"
@@ -77,6 +78,7 @@ def test_overrides_coerce_types_parse_lists_and_save(tmp_path):
     saved = json.load(open(path))
     assert saved["optim"]["factor_lr"] == 10.0 and saved["grid"]["seeds"] == [1, 2]
     assert (tmp_path / "config.txt").read_text().startswith("data:")
+    assert yaml.safe_load((tmp_path / "config.txt").read_text()) == saved  # plain YAML, the same fields as the JSON
 
 
 @pytest.mark.parametrize("override, message", [

@@ -305,7 +305,9 @@ def _act(args, rest: list[str], parser) -> int:
             parser.error(f"unknown stage(s) {unknown}; stages: {', '.join(known)}")
         chosen = [known[n] for n in names]
     if args.action == "plan":
-        print(str(cfg).rstrip())
+        from prosv_jax.config import config_text
+
+        print(config_text(cfg))
         for s in chosen:
             try:
                 shown = _shown(s, s.argv())

@@ -319,7 +319,7 @@ def _run(args: argparse.Namespace) -> int:
     import jax
 
     from prosv_jax import distributed
-    from prosv_jax.config import CONFIG_JSON, diff, resolve, save_config, to_dict
+    from prosv_jax.config import CONFIG_JSON, config_text, diff, resolve, save_config, to_dict
     from prosv_jax.training.plots import plot_loss_curves
 
     main_process = jax.process_index() == 0
@@ -332,7 +332,7 @@ def _run(args: argparse.Namespace) -> int:
     if main_process:
         print(f"config {os.path.abspath(args.config)}"
               + (f" with {' '.join(args.config_overrides)}" if args.config_overrides else "") + ":")
-        print(str(config).rstrip())
+        print(config_text(config))
     if jax.process_count() > 1:
         print(f"process {jax.process_index()} of {jax.process_count()}, {jax.local_device_count()} local device(s)")
     check_config(config)
