@@ -105,6 +105,28 @@ def test_report_tables_claims_and_figures(tiny_study):
     assert all("references to specific dates" in p["prompt"] for p in prompts[:1])
 
 
+def test_a_concept_with_a_weak_detector_is_reported_apart(tiny_study, tmp_path):
+    """With the AUROC bar between the two concepts' detectors, the weaker concept leaves the headline and the claims
+    and gets its own table."""
+    import report
+
+    out, results, _, _ = tiny_study
+    aurocs = {int(r["concept_id"]): float(r["heldout_auroc"]) for r in read_csv(results / "detectors.csv")
+              if r["evaluator_block"] == "chosen"}
+    weak, strong = sorted(aurocs, key=aurocs.get)
+    if aurocs[weak] == aurocs[strong]:
+        pytest.fail(f"the tiny detectors tie ({aurocs}): no bar separates them")
+    bar = (aurocs[weak] + aurocs[strong]) / 2
+    assert report.main(["--study", str(out), "--out", str(tmp_path), "--min-auroc", str(bar)]) == 0
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert summary["flagged_concepts"] == [weak] and summary["min_auroc"] == bar
+    assert all(r["concepts"] == 1 for r in summary["headline"]) and summary["headline"]
+    assert all(r["concepts"] == 1 for r in summary["headline_flagged"]) and summary["headline_flagged"]
+    assert all(c["concepts"] < 2 for c in summary["claims"])  # one trusted concept: no paired interval
+    text = (tmp_path / "summary.md").read_text()
+    assert f"Concepts [{weak}] are left out" in text and "Concepts with a weak detector" in text
+
+
 def test_plan_prints_every_command_and_bad_input_is_named(tiny_study, capsys, tmp_path):
     _, _, _, common = tiny_study
     assert study.main(["plan", *common]) == 0

@@ -9,6 +9,9 @@ metrics per answer; per_concept_dev.csv for the dev-only variants), sacrifice.cs
 stages.csv (wall clock per stage), summary.md / summary.json (the headline table, the dev checks, the claims), and
 the figures concept_vs_sacrifice.png, factor_sweeps.png, plus examples.md (example answers per method).
 
+Concepts whose detector's held-out AUROC is below the study's evaluator.min_auroc (or --min-auroc) are left out of the
+headline table and the claims and reported in a table of their own.
+
 Intervals: mean over concepts +- t(0.975, n-1) * sd / sqrt(n); a claim compares two methods on the same concepts by
 the paired differences' interval: "holds" when it lies on the claimed side of 0, "reversed" when on the other side,
 "not resolved" when it contains 0 (or fewer than 2 concepts).
@@ -116,17 +119,19 @@ def raw_metrics(study: str) -> dict[tuple, dict]:
     return out
 
 
-def headline(per_concept: list[dict], sacrifice: dict, main_setting: str) -> tuple[list[dict], dict]:
-    """Rows of the headline table (main column, unattacked + attacked) and {method: {quantity: {cid: value}}}."""
+def headline(per_concept: list[dict], sacrifice: dict, main_setting: str,
+             concepts: set[int] | None = None) -> tuple[list[dict], dict]:
+    """Rows of the headline table (main column, unattacked + attacked) and {method: {quantity: {cid: value}}}, over
+    `concepts` (None: all)."""
     values: dict = defaultdict(lambda: defaultdict(dict))
     for r in per_concept:
-        if r["setting"] != main_setting:
+        if r["setting"] != main_setting or (concepts is not None and int(r["concept_id"]) not in concepts):
             continue
         name = r["method"] + (" [suppression]" if r["attack"] else "")
         for q in ("score", "concept_rating_mean", "instruction_rating_mean", "fluency_rating_mean"):
             values[name][q][int(r["concept_id"])] = float(r[q])
     for (method, cid), value in sacrifice.items():
-        if method in values:
+        if method in values and (concepts is None or cid in concepts):
             values[method]["sacrifice"][cid] = value
     rows = []
     for name in sorted(values, key=lambda m: ("[" in m, m)):
@@ -269,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", required=True, help="the study's output folder (its config's `out`)")
     parser.add_argument("--out", required=True, help="the results folder")
+    parser.add_argument("--min-auroc", type=float, help="concepts whose detector's held-out AUROC is below this are "
+                                                        "reported apart (default: the study's evaluator.min_auroc)")
     args = parser.parse_args(argv)
     study, out = os.path.abspath(args.study), os.path.abspath(args.out)
     config_path = os.path.join(study, "study_config.json")
@@ -314,7 +321,13 @@ def main(argv: list[str] | None = None) -> int:
                            "finished": s["finished"]})
     write_csv(os.path.join(out, "stages.csv"), stage_rows)
 
-    rows, values = headline(per_concept, sacrifice, main_setting)
+    min_auroc = cfg.evaluator.get("min_auroc", 0.85) if args.min_auroc is None else args.min_auroc
+    chosen_detectors = {int(r["concept_id"]): float(r["heldout_auroc"]) for r in detector_rows
+                        if r["evaluator_block"] == "chosen"}
+    flagged = sorted(c for c, auroc in chosen_detectors.items() if auroc < min_auroc)
+    trusted = {int(r["concept_id"]) for r in per_concept} - set(flagged)
+    rows, values = headline(per_concept, sacrifice, main_setting, trusted)
+    flagged_rows = headline(per_concept, sacrifice, main_setting, set(flagged))[0] if flagged else []
     claims = claim_checks(values)
     dev_table = os.path.join(study, "report_dev", "per_concept.csv")
     dev_rows = read_csv(dev_table) if os.path.isfile(dev_table) else []
@@ -326,7 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     md = (f"# Judge-free study: {cfg.model.label} block {cfg.model.layer}, evaluator {cfg.evaluator.label}\n\n"
           f"Means over concepts with 95% t-intervals. Score: AxBench's harmonic mean of the probe judge's three "
           f"0-2 ratings. Sacrifice: NLL of GPT-4's AlpacaEval answers, steered minus unsteered (nats/token).\n\n"
-          f"## Headline table ({main_setting})\n\n" + markdown(rows)
+          f"## Headline table ({main_setting})\n\n"
+          + (f"Concepts {flagged} are left out: their detectors' held-out AUROC is below {min_auroc} (below).\n\n"
+             if flagged else "") + markdown(rows)
+          + (f"\n## Concepts with a weak detector (AUROC < {min_auroc}), apart\n\n" + markdown(flagged_rows)
+             if flagged else "")
           + "\n## Claims\n\n" + markdown(claims)
           + "\n## Dev concepts: PrOSV Lang across layers, hyperparameters and dtypes\n\n" + markdown(dev)
           + f"\n## Detectors\n\nHeld-out AUROC of the study's detectors: "
@@ -334,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
           + "\n## Wall clock per stage (2 cores)\n\n" + markdown(stage_rows))
     write_atomic(os.path.join(out, "summary.md"), md)
     write_json(os.path.join(out, "summary.json"), {"headline": rows, "claims": claims, "dev": dev,
+                                                  "flagged_concepts": flagged, "headline_flagged": flagged_rows,
+                                                  "min_auroc": min_auroc,
                                                   "stages": stage_rows, "setting": main_setting})
     print(md)
     print(f"results: {out}")

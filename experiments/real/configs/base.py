@@ -4,7 +4,8 @@
   model.name/label/layer  the steered model (a prosv-jax model name or folder), its label, the steered block L
   evaluator.*           the evaluator model (detectors, probe judge): name, label, candidate blocks `layers` (the best
                         mean held-out AUROC on the dev concepts wins), max_tokens of a detector text, allow_same
-                        (the steered model as its own evaluator: only for code tests, its likelihoods favour it)
+                        (the steered model as its own evaluator: only for code tests, its likelihoods favour it),
+                        min_auroc (a concept whose detector is below it is reported apart from the headline)
   split, concepts       the AxBench split and the concepts studied; dev_concepts (a subset) carry the dev-only
                         variants (layer sweep, released hyperparameters, float32). A study grown by concepts (the
                         old list first, then more) keeps everything finished and does only the new concepts
@@ -52,7 +53,7 @@ def get_config():
     c.results = "experiments/results/real"
     c.model = ml_collections.ConfigDict(dict(name="smollm2-135m-instruct", label="SmolLM2-135M", layer=12))
     c.evaluator = ml_collections.ConfigDict(dict(name="gemma3-270m", label="Gemma-3-270M", layers=[6, 9, 12],
-                                                 max_tokens=128, allow_same=False))
+                                                 max_tokens=128, allow_same=False, min_auroc=0.85))
     c.split = "bundled:concept10"
     c.concepts = list(range(10))
     c.dev_concepts = [0, 1, 2]
