@@ -321,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                            "finished": s["finished"]})
     write_csv(os.path.join(out, "stages.csv"), stage_rows)
 
-    min_auroc = cfg.evaluator.get("min_auroc", 0.85) if args.min_auroc is None else args.min_auroc
+    from prosv_jax.evaluation.concept_detector import MIN_AUROC
+
+    min_auroc = cfg.evaluator.get("min_auroc", MIN_AUROC) if args.min_auroc is None else args.min_auroc
     chosen_detectors = {int(r["concept_id"]): float(r["heldout_auroc"]) for r in detector_rows
                         if r["evaluator_block"] == "chosen"}
     flagged = sorted(c for c, auroc in chosen_detectors.items() if auroc < min_auroc)

@@ -53,7 +53,7 @@ def get_config():
     c.results = "experiments/results/real"
     c.model = ml_collections.ConfigDict(dict(name="smollm2-135m-instruct", label="SmolLM2-135M", layer=12))
     c.evaluator = ml_collections.ConfigDict(dict(name="gemma3-270m", label="Gemma-3-270M", layers=[6, 9, 12],
-                                                 max_tokens=128, allow_same=False, min_auroc=0.85))
+                                                 max_tokens=128, allow_same=False, min_auroc=0.85))  # concept_detector.MIN_AUROC
     c.split = "bundled:concept10"
     c.concepts = list(range(10))
     c.dev_concepts = [0, 1, 2]
