@@ -164,6 +164,9 @@ def test_the_probe_judge_rates_concept_relevance_and_fluency_on_a_real_evaluator
     monkeypatch.setenv("PROSV_JAX_CACHE", real_models_cache.root)
     judge = ProbeJudge(smollm2_detectors[0])
     assert judge.config()["evaluator"] == "smollm2-135m-instruct" and judge.anchors["pmi_ref"] > 0
+    with monkeypatch.context() as patched:  # a second judge reads the anchors saved beside the detectors
+        patched.setattr(ProbeJudge, "pmi", lambda *a: pytest.fail("the anchors were computed again"))
+        assert ProbeJudge(smollm2_detectors[0]).anchors == judge.anchors
     texts = detector_texts("bundled:concept10", 2)
     concept = judge.detectors[2].concept
     pair = alpaca_gpt4_pairs()[7]

@@ -23,6 +23,8 @@ from flax import nnx
 
 from prosv_jax.models.decoder import positions_from_valid
 
+from .likelihood import rows_per_batch
+
 MIN_AUROC = 0.85  # below this a detector's concept is reported separately
 OTHER_CONCEPT_NEGATIVES = 8  # training texts taken from each other concept as negatives
 MIN_TRAIN_POSITIVES = 16  # fewer texts with the concept cannot fit a probe on a residual of hundreds of dimensions
@@ -51,6 +53,7 @@ def pooled_residuals(model, tokenizer, texts: Sequence[str], layer: int, *, batc
     if short:
         raise ValueError(f"text {short[0]} has fewer than 2 tokens: nothing to pool after the first token")
     length = -(-max(map(len, ids)) // 16) * 16  # one padded length for every batch of the call
+    batch_size = rows_per_batch(len(ids), batch_size)
     graphdef, state = nnx.split(model)
     out = []
     for start in range(0, len(ids), batch_size):

@@ -15,6 +15,12 @@ import numpy as np
 Example = tuple[Sequence[int], Sequence[int]]  # (prompt ids, answer ids)
 
 
+def rows_per_batch(n: int, batch_size: int) -> int:
+    """Batch rows for `n` examples: `batch_size`, or fewer when `n` is smaller (rounded up to a multiple of 8, so
+    small calls share compiled shapes): ten answers run as 16 rows, not as 32 with 22 repeats."""
+    return min(batch_size, -(-n // 8) * 8)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "steering", "vocab_chunk"))
 def _batch_logprob_sums(graphdef, state, steering, params, data, vocab_chunk: int):
     """Summed answer log-probs [B] of one batch, steered when `steering` is given."""
@@ -31,7 +37,7 @@ def _batch_logprob_sums(graphdef, state, steering, params, data, vocab_chunk: in
 def answer_logprobs(model, examples: Sequence[Example], *, steering=None, params=None, batch_size: int = 16,
                     max_answer: int | None = 128, vocab_chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """(summed log p(answer | prompt) [N], answer token count [N]) per example, answers cut to `max_answer` tokens;
-    one padded shape for every batch (one compile)."""
+    one padded shape for every batch of the call (one compile), batches no larger than the call needs."""
     import jax.numpy as jnp
     from flax import nnx
 
@@ -48,6 +54,7 @@ def answer_logprobs(model, examples: Sequence[Example], *, steering=None, params
         params = jax.tree.map(lambda p: jnp.asarray(p, model.dtype), params)
     rows = [everything.tokens, everything.valid, everything.prompt_mask, everything.target_index,
             everything.target_ids, everything.target_mask]
+    batch_size = rows_per_batch(len(examples), batch_size)
     sums = []
     for start in range(0, len(examples), batch_size):
         take = np.minimum(np.arange(start, start + batch_size), len(examples) - 1)  # a short last batch repeats

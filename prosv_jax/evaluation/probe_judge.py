@@ -17,11 +17,15 @@ with GPT-4's AlpacaEval answers (`ANCHOR_ANSWERS` of them, spread over the 805),
 - fluency: 2 clip((NLL_bad - NLL) / (NLL_bad - NLL_ref), 0, 1): 2 at the median NLL of GPT-4's answers, 0 at the
   median NLL of the same answers with their words shuffled.
 
+The anchors cost four full evaluator batches, so they are computed once per evaluator and dtype and kept in the
+detectors folder (`ANCHORS_FILE`), keyed by everything they depend on; a judge built later reads them back.
+
 Each rating's `reply` is a JSON object with the raw metric, so the raw numbers travel with the ratings.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -34,6 +38,7 @@ from .judges import FACTORS, JudgeStats, Rating, RatingRequest
 
 ANCHOR_ANSWERS = 32
 MAX_ANSWER_TOKENS = 128
+ANCHORS_FILE = "probe_anchors_{dtype}.json"
 
 
 def _median(values: np.ndarray) -> float:
@@ -57,14 +62,36 @@ class ProbeJudge:
         self.batch_size = batch_size
         self.stats = JudgeStats()
         self._pool = [row["instruction"] for row in alpaca_gpt4_pairs()]
-        instructions, answers = zip(*reference_pairs(ANCHOR_ANSWERS))
-        shuffled = [" ".join(random.Random(k).sample(a.split(), len(a.split()))) for k, a in enumerate(answers)]
-        self.anchors = {"pmi_ref": _median(self.pmi(instructions, answers)),
-                        "nll_ref": _median(self.nll(answers)), "nll_bad": _median(self.nll(shuffled))}
+        self.anchors = self._cached_anchors(dtype, *zip(*reference_pairs(ANCHOR_ANSWERS)))
         if not (self.anchors["pmi_ref"] > 0 and self.anchors["nll_bad"] > self.anchors["nll_ref"]):
             raise ValueError(f"the evaluator {self.source['model']} cannot anchor the ratings ({self.anchors}): GPT-4's "
                              "answers should be likelier after their own instructions and likelier than shuffled "
                              "words; use a trained evaluator model")
+
+    def _cached_anchors(self, dtype: str, instructions: Sequence[str], answers: Sequence[str]) -> dict:
+        """The anchors (see the module doc), read from the detectors folder when computed there before with the
+        same evaluator, dtype and anchor texts, else computed and saved there (unsaved if the folder is read-only)."""
+        from prosv_jax.files import write_json
+
+        texts = json.dumps([instructions, answers, MAX_ANSWER_TOKENS], ensure_ascii=False).encode("utf-8")
+        key = {"evaluator": self.source, "dtype": dtype,
+               "anchor_texts_sha256": hashlib.sha256(texts).hexdigest()}
+        path = os.path.join(self.detectors_dir, ANCHORS_FILE.format(dtype=dtype))
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+            if saved["key"] == key:
+                return {k: float(v) for k, v in saved["anchors"].items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no cache, or an unreadable one: compute afresh
+        shuffled = [" ".join(random.Random(k).sample(a.split(), len(a.split()))) for k, a in enumerate(answers)]
+        anchors = {"pmi_ref": _median(self.pmi(instructions, answers)),
+                   "nll_ref": _median(self.nll(answers)), "nll_bad": _median(self.nll(shuffled))}
+        try:
+            write_json(path, {"key": key, "anchors": anchors})
+        except OSError:
+            pass  # a read-only detectors folder: the next judge computes them again
+        return anchors
 
     def config(self) -> dict:
         return {"kind": "probe", "detectors": self.detectors_dir, "evaluator": self.source["model"],
