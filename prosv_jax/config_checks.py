@@ -82,6 +82,7 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.checkpoint_every": _int_at_least(-1),
     "train.blowup_loss": _POSITIVE,
     "train.progress": _BOOL,
+    "train.pack_length": _int_at_least(0),
     "grid.seeds": _list_of(_int_at_least(0)),
     "grid.factor_lrs": _list_of(_NONNEGATIVE),
     "grid.direction_lrs": _list_of(_NONNEGATIVE),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -114,6 +115,25 @@ def test_prefix_cache_on_device_host_or_off_trains_the_same(model, tmp_path):
         results[cache] = np.asarray(final_params(tmp_path / cache, "a")["v"])
     np.testing.assert_allclose(results["host"], results["device"], atol=1e-6)
     np.testing.assert_allclose(results["off"], results["device"], atol=1e-5)
+
+
+@pytest.mark.parametrize("cache", ["device", "host"])
+def test_packed_rows_train_the_same_grid(model, tmp_path, cache):
+    """Three vmapped runs on two datasets (ten examples, batches of 4: a partial one per epoch), each step's examples
+    packed into rows of 40 tokens: the same loss curves and steerings as one example per row."""
+    datasets = {"x": TrainDataset.from_examples(examples(1)), "y": TrainDataset.from_examples(examples(2))}
+    runs = [dataclasses.replace(r, dataset=d) for r, d in zip(RUNS, "xyx")]
+    for name, pack in (("rows", 0), ("packed", 40)):
+        train(model, tmp_path / name, runs, runs_per_program=3, runs_per_chunk=3, datasets=datasets,
+              prefix_cache=cache, pack_length=pack)
+    losses = {name: [json.loads(line)["loss"] for line in open(tmp_path / name / "groups" / "group-0000" /
+                                                                "metrics.jsonl")] for name in ("rows", "packed")}
+    np.testing.assert_allclose(losses["packed"], losses["rows"], rtol=1e-5)
+    for run in runs:
+        for field in ("alpha", "v"):
+            np.testing.assert_allclose(np.asarray(final_params(tmp_path / "packed", run.name)[field]),
+                                       np.asarray(final_params(tmp_path / "rows", run.name)[field]), rtol=1e-4,
+                                       atol=1e-6)
 
 
 def test_runs_on_different_datasets_train_together(model, tmp_path):

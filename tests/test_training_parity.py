@@ -391,10 +391,12 @@ def test_accumulated_recipe_matches_torch_adam_loop(pair, objective, decay_over)
 
 
 @pytest.mark.parametrize("pair", ["llama_gqa_untied"], indirect=True)  # one model: compile time
-def test_trainer_simpo_with_accumulation_and_a_partial_batch_matches_torch(pair, tmp_path):
+@pytest.mark.parametrize("pack_length", [0, 24])
+def test_trainer_simpo_with_accumulation_and_a_partial_batch_matches_torch(pair, tmp_path, pack_length):
     """M8 through the Trainer itself (its cached reference log-probs, pos/neg gather, prefix cache, batch order):
-    5 pairs in batches of 3 (the second batch of each epoch has 2 real pairs and one masked), 2 epochs, grad_accum 2.
-    Torch runs the reference loop on the same batches, the partial one simply smaller."""
+    5 pairs in batches of 3 (the second batch of each epoch has 2 real pairs and one masked), 2 epochs, grad_accum 2,
+    one example per row or packed two or three to a row of 24 tokens. Torch runs the reference loop on the same
+    batches, the partial one simply smaller."""
     from prosv_jax.interventions import load_steering
     from prosv_jax.training.data import TrainDataset, batch_indices
     from prosv_jax.training.trainer import RunSpec, TrainConfig, Trainer
@@ -405,7 +407,8 @@ def test_trainer_simpo_with_accumulation_and_a_partial_batch_matches_torch(pair,
     steering = Steering.single(LAYER, SteeringVector(beta=3.0, c=1.0), "f2+l2")
     optim = OptimConfig(factor_lr=ETA_ALPHA, direction_lr=ETA_V, grad_accum=2)
     trainer = Trainer(model, steering, {"d": TrainDataset.from_examples(positives, negatives)}, str(tmp_path), optim,
-                      StepConfig("simpo"), TrainConfig(epochs=2, batch_size=3, runs_per_program=1, progress=False))
+                      StepConfig("simpo"), TrainConfig(epochs=2, batch_size=3, runs_per_program=1, progress=False,
+                                                         pack_length=pack_length))
     run = RunSpec("r", seed=7, dataset="d")
     init = trainer._init_params(run)[f"layer{LAYER}"]
     summary = trainer.train([run])["r"]

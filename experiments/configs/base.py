@@ -20,7 +20,8 @@ Fields:
                     1 - 1/grad_accum of the peak) | updates (decays to 0)
   train.*           epochs, batch_size, prefix_cache (device | host | off), runs_per_program, runs_per_chunk
                     (runs vmapped at once inside a program; 0 = auto: 1 on one CPU, all elsewhere), param_dtype,
-                    checkpoint_every (micro-steps; -1 = once per epoch; 0 = per group), blowup_loss, progress
+                    checkpoint_every (micro-steps; -1 = once per epoch; 0 = per group), blowup_loss, progress,
+                    pack_length (0 = one example per row; N = each step's examples packed into rows of N tokens)
   grid.*            seeds, factor_lrs, direction_lrs, betas, cs (uniform init), lams (normal init): lists; an empty
                     one = the single value above;
                     runs = their cartesian product x data.concept_ids
@@ -57,7 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
         factor_lr_exponent=0.5, direction_lr_exponent=-0.5))
     c.train = ml_collections.ConfigDict(dict(
         epochs=12, batch_size=12, prefix_cache="device", runs_per_program=4, runs_per_chunk=0, param_dtype="bfloat16",
-        checkpoint_every=-1, blowup_loss=1e4, progress=True))
+        checkpoint_every=-1, blowup_loss=1e4, progress=True, pack_length=0))
     c.grid = ml_collections.ConfigDict(dict(seeds=[42], factor_lrs=[], direction_lrs=[], betas=[], cs=[], lams=[]))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1))
     c.out_dir = ""

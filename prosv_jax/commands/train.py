@@ -22,7 +22,7 @@ import textwrap
 
 
 # Fields that may change between a run and its resumption (they do not change the results beyond float rounding).
-_RESUME_FREE = ("train.progress", "train.runs_per_chunk", "mesh", "mesh.data", "mesh.fsdp", "mesh.tensor")
+_RESUME_FREE = ("train.progress", "train.runs_per_chunk", "train.pack_length", "mesh", "mesh.data", "mesh.fsdp", "mesh.tensor")
 MESH_AXES = ("data", "fsdp", "tensor")
 _MULTI_HOST_HELP = """\
 several hosts: run the same command on every host, with the output folder on a file system they share, and either
@@ -249,7 +249,8 @@ def train_from_config(config, log=print) -> dict:
     train_config = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, prefix_cache=t.prefix_cache,
                                runs_per_program=t.runs_per_program, runs_per_chunk=t.runs_per_chunk,
                                param_dtype=t.param_dtype,
-                               checkpoint_every=t.checkpoint_every, progress=t.progress)
+                               checkpoint_every=t.checkpoint_every, progress=t.progress,
+                               pack_length=t.pack_length)
     mesh = make_train_mesh(config)
     model = load_model(model_dir, jnp.dtype(config.model.dtype), mesh=mesh)
     log(f"training {len(runs)} run(s) on {len(datasets)} concept(s) ({', '.join(datasets)}), "

@@ -14,6 +14,8 @@ import re
 import jax
 import jax.numpy as jnp
 
+from prosv_jax.models.segments import within_segment
+
 GRAMMAR = "all | all_prompt | f{N} | l{N} | f{N}+l{M}   (N, M >= 0 integers; e.g. f2+l2)"
 _FIRST_LAST = re.compile(r"^(?:f(?P<f>\d+)(?:\+l(?P<l1>\d+))?|l(?P<l2>\d+))$")
 
@@ -55,11 +57,13 @@ class PositionSpec:
         """Whether generated tokens are edited too (FSSV); prompt-only specs leave decode steps untouched."""
         return self.scope == "all"
 
-    def mask(self, prompt_mask: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    def mask(self, prompt_mask: jax.Array, valid: jax.Array | None = None,
+             segments: jax.Array | None = None) -> jax.Array:
         """Bool mask [B, T] of edited tokens.
 
         prompt_mask [B, T] marks the real prompt tokens; valid [B, T] marks every real token (prompt and
-        response); it defaults to prompt_mask (a prefill over prompts alone).
+        response); it defaults to prompt_mask (a prefill over prompts alone). segments [B, T]: packed rows, whose
+        first and last prompt tokens are counted per example (`prosv_jax.models.segments`).
         """
         prompt_mask = jnp.asarray(prompt_mask, bool)
         valid = prompt_mask if valid is None else jnp.asarray(valid, bool)
@@ -67,8 +71,11 @@ class PositionSpec:
             return valid
         if self.first is None:
             return prompt_mask
-        rank = jnp.cumsum(prompt_mask.astype(jnp.int32), axis=-1)  # 1-based rank of each prompt token
-        total = rank[:, -1:]  # [B, 1] prompt length
+        if segments is None:
+            rank = jnp.cumsum(prompt_mask.astype(jnp.int32), axis=-1)  # [B, T] 1-based rank of each prompt token
+            total = rank[:, -1:]  # [B, 1] prompt length
+        else:
+            rank, total = within_segment(prompt_mask.astype(jnp.int32), segments)  # [B, T] each, per example
         in_first = rank <= self.first
         in_last = rank > total - self.last
         return prompt_mask & (in_first | in_last)

@@ -73,9 +73,10 @@ class Steering:
         """The earliest edited block: blocks up to and including it are untouched by the steering."""
         return min(s.layer for s in self.sites)
 
-    def masks(self, prompt_mask: jax.Array, valid: jax.Array | None = None) -> dict[str, jax.Array]:
-        """Site name -> edited-token mask [B, T]."""
-        return {s.name: s.positions.mask(prompt_mask, valid) for s in self.sites}
+    def masks(self, prompt_mask: jax.Array, valid: jax.Array | None = None,
+              segments: jax.Array | None = None) -> dict[str, jax.Array]:
+        """Site name -> edited-token mask [B, T] (per example of a packed row when `segments` is given)."""
+        return {s.name: s.positions.mask(prompt_mask, valid, segments) for s in self.sites}
 
     def decode_masks(self, batch: int) -> dict[str, jax.Array]:
         """Masks for one decode step [B, 1]: only sites that steer generated tokens edit them."""
@@ -118,10 +119,12 @@ def make_hook(steering: Steering, params: SteeringParams, masks: dict[str, jax.A
 
 
 def response_hooks(steering: Steering, params: SteeringParams, prompt_mask: jax.Array, valid: jax.Array,
-                   rows: jax.Array) -> tuple[jax.tree_util.Partial, jax.tree_util.Partial]:
-    """(hook, rows hook) of a teacher-forced pass over [B, T] tokens that keeps the positions rows [B, R] only:
-    `Decoder.run_blocks(hook=, rows=, rows_hook=)`; the rows hook makes the same edits at those rows."""
-    masks = steering.masks(prompt_mask, valid)  # site -> [B, T]
+                   rows: jax.Array, segments: jax.Array | None = None
+                   ) -> tuple[jax.tree_util.Partial, jax.tree_util.Partial]:
+    """(hook, rows hook) of a teacher-forced pass over [B, T] tokens (packed rows: `segments`) that keeps the
+    positions rows [B, R] only: `Decoder.run_blocks(hook=, rows=, rows_hook=)`; the rows hook makes the same edits
+    at those rows."""
+    masks = steering.masks(prompt_mask, valid, segments)  # site -> [B, T]
     rows_masks = {name: take_rows(mask, rows) for name, mask in masks.items()}  # site -> [B, R]
     return make_hook(steering, params, masks), make_hook(steering, params, rows_masks)
 

@@ -15,6 +15,7 @@ from flax import nnx
 
 from prosv_jax.models.config import ModelConfig
 from prosv_jax.models.layers import F32, MLP, Attention, RMSNorm, _normal
+from prosv_jax.models.segments import positions_from_segments
 
 Hook = Callable[[int, jax.Array], jax.Array]
 
@@ -87,14 +88,18 @@ def take_rows(a: jax.Array, rows: jax.Array) -> jax.Array:
     return jnp.take_along_axis(a, rows.reshape(rows.shape + (1,) * (a.ndim - 2)), axis=1)
 
 
-def attention_masks(cfg: ModelConfig, q_index: jax.Array, key_valid: jax.Array) -> dict:
-    """Masks [B, T, S] per sliding window (None = full): causal by slot index, valid keys only."""
+def attention_masks(cfg: ModelConfig, q_index: jax.Array, key_valid: jax.Array,
+                    segments: jax.Array | None = None) -> dict:
+    """Masks [B, T, S] per sliding window (None = full): causal by slot index, valid keys only, and with packed
+    rows' `segments` [B, T] (T = S, no cache) within each query's own segment."""
     k_index = jnp.arange(key_valid.shape[1])
     causal = k_index[None, :] <= q_index[:, None]  # [T, S]
     masks = {}
     for window in {cfg.window_for(i) for i in range(cfg.num_layers)}:
         allowed = causal if window is None else causal & (q_index[:, None] - k_index[None, :] < window)
         masks[window] = allowed[None] & key_valid[:, None, :]
+        if segments is not None:
+            masks[window] = masks[window] & (segments[:, :, None] == segments[:, None, :])  # [B, T, S]
     return masks
 
 
@@ -133,22 +138,23 @@ class Decoder(nnx.Module):
 
     def run_blocks(self, h, positions, key_valid, *, cache: KVCache | None = None, hook: Hook | None = None,
                    capture: Sequence[int] = (), start: int = 0, stop: int | None = None,
-                   rows: jax.Array | None = None, rows_hook: Hook | None = None):
+                   rows: jax.Array | None = None, rows_hook: Hook | None = None, segments: jax.Array | None = None):
         """Runs blocks [start, stop) on residuals h [B, T, d]; returns (h, new cache, captured residuals).
 
         key_valid is [B, T] without a cache, and the cache's [B, S] validity (already updated) with one.
         rows [B, R] (no cache): only the residuals at those positions are wanted, so the last block computes those
         rows alone and h comes back [B, R, d]; `rows_hook` then replaces `hook` after that block (its masks taken
-        at the rows).
+        at the rows). segments [B, T] (no cache): packed rows, each token attending within its own example
+        (`prosv_jax.models.segments`); the positions given must restart per segment.
         """
         stop = self.cfg.num_layers if stop is None else stop
-        if rows is not None and cache is not None:
-            raise ValueError("rows= computes a subset of positions without a KV cache; drop one of rows / cache")
+        if cache is not None and (rows is not None or segments is not None):
+            raise ValueError("rows= and segments= run without a KV cache (teacher-forced passes); drop the cache")
         if cache is None:
             q_index = jnp.arange(h.shape[1])
         else:
             q_index = cache.index + jnp.arange(h.shape[1])
-        masks = attention_masks(self.cfg, q_index, key_valid)
+        masks = attention_masks(self.cfg, q_index, key_valid, segments)
         captured, keys, values = {}, list(cache.keys) if cache else None, list(cache.values) if cache else None
         for layer in range(start, stop):
             kv = None if cache is None else (cache.keys[layer], cache.values[layer], cache.index)
@@ -188,3 +194,8 @@ class Decoder(nnx.Module):
 def positions_from_valid(valid: jax.Array) -> jax.Array:
     """Positions [B, T] counting real tokens only, so left padding does not shift them (pads get 0)."""
     return jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def token_positions(valid: jax.Array, segments: jax.Array | None = None) -> jax.Array:
+    """Positions [B, T]: per real token of an unpacked row, or restarting per example of a packed one."""
+    return positions_from_valid(valid) if segments is None else positions_from_segments(segments)

@@ -138,20 +138,34 @@ def lang_loss(logprobs: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def simpo_loss(logprobs: jax.Array, mask: jax.Array, reference_logprob_sums: jax.Array) -> jax.Array:
-    """Scaled SimPO (AxBench / RePS, beta 1, margin 0). Rows: P positives, then their P negatives.
+    """Scaled SimPO (AxBench / RePS, beta 1, margin 0) of rows [2P, R]: P positives, then their P negatives."""
+    mask = mask.astype(F32)
+    return simpo_loss_of_sums((logprobs * mask).sum(-1), mask.sum(-1), reference_logprob_sums)
+
+
+def example_sums(logprobs: jax.Array, mask: jax.Array, example: jax.Array, examples: int
+                 ) -> tuple[jax.Array, jax.Array]:
+    """(summed log-probs, token counts) [examples] of packed rows' response slots [B, R], slot (b, r) belonging
+    to example `example[b, r]`."""
+    mask = mask.astype(F32)
+    flat = example.reshape(-1)  # [B*R]
+    sums = jax.ops.segment_sum((logprobs * mask).reshape(-1), flat, num_segments=examples)
+    return sums, jax.ops.segment_sum(mask.reshape(-1), flat, num_segments=examples)
+
+
+def simpo_loss_of_sums(sums: jax.Array, lengths: jax.Array, reference_logprob_sums: jax.Array) -> jax.Array:
+    """Scaled SimPO from per-example summed log-probs and token counts [2P]: P positives, then their P negatives.
 
     w = max(1, log p_ref(y-) - log p_ref(y+)); L = -log sigmoid(w/|y+| log pi(y+) - 1/|y-| log pi(y-)).
     reference_logprob_sums [2P]: summed response log-probs under the unsteered model (no gradient). The mean is over
-    the real pairs: a pair whose rows are masked out (the padding of a partial last batch) adds nothing, as when the
+    the real pairs: a pair without response tokens (the padding of a partial last batch) adds nothing, as when the
     reference's last batch is smaller.
     """
-    mask = mask.astype(F32)
-    sums = (logprobs * mask).sum(-1)  # [2P]
-    lengths = jnp.maximum(mask.sum(-1), 1.0)
+    real = (lengths[:sums.shape[0] // 2] > 0).astype(F32)
+    lengths = jnp.maximum(lengths, 1.0)
     pairs = sums.shape[0] // 2
     pos, neg = sums[:pairs], sums[pairs:]
     ref = jax.lax.stop_gradient(reference_logprob_sums)
     weight = jnp.maximum(1.0, ref[pairs:] - ref[:pairs])
     margin = weight / lengths[:pairs] * pos - neg / lengths[pairs:]
-    real = (mask[:pairs].sum(-1) > 0).astype(F32)
     return -(jax.nn.log_sigmoid(margin) * real).sum() / jnp.maximum(real.sum(), 1.0)

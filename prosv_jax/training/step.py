@@ -16,8 +16,8 @@ import optax
 
 from prosv_jax.interventions.kinds import SteeringVector
 from prosv_jax.interventions.transform import Steering, SteeringParams, response_hooks
-from prosv_jax.models.decoder import Decoder, positions_from_valid
-from prosv_jax.training.losses import lang_loss, simpo_loss, token_logprobs
+from prosv_jax.models.decoder import Decoder, token_positions
+from prosv_jax.training.losses import example_sums, lang_loss, simpo_loss, simpo_loss_of_sums, token_logprobs
 from prosv_jax.training.optim import group_norms, scale_by_group_lr
 
 OBJECTIVES = ("lang", "simpo")
@@ -31,7 +31,12 @@ class TrainState(NamedTuple):
 
 
 class StepData(NamedTuple):
-    """One batch on device. Rows are positives, or P positives then their P negatives for SimPO."""
+    """One batch on device. Rows are positives, or P positives then their P negatives for SimPO.
+
+    Packed rows (`prosv_jax.training.packing`) hold several examples each: `segments` tells them apart and
+    `target_example` names the example of each response slot; `reference` is then per example [E], E = B unpacked
+    (positives, then their negatives for SimPO).
+    """
 
     tokens: jax.Array  # [B, T]
     valid: jax.Array  # [B, T]
@@ -41,6 +46,8 @@ class StepData(NamedTuple):
     target_mask: jax.Array  # [B, R]
     reference: jax.Array  # [B] summed response log-probs of the unsteered model (SimPO), else zeros
     prefix: jax.Array | None = None  # [B, T, d] cached residuals after the first edited block, or None
+    segments: jax.Array | None = None  # [B, T] int32 packed rows' example ids (0: padding), or None (unpacked)
+    target_example: jax.Array | None = None  # [B, R] int32 example index of each response slot (packed rows)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,28 +68,29 @@ def response_logprobs(model: Decoder, steering: Steering, params: SteeringParams
 
     The last block runs on the rows predicting response tokens only: the loss reads nothing else of it.
     """
-    hook, rows_hook = response_hooks(steering, params, data.prompt_mask, data.valid, data.target_index)
-    positions = positions_from_valid(data.valid)
+    hook, rows_hook = response_hooks(steering, params, data.prompt_mask, data.valid, data.target_index,
+                                     data.segments)
+    positions = token_positions(data.valid, data.segments)
     if data.prefix is None:
         hidden, start = model.embed(data.tokens), 0
     else:
         first = steering.first_layer
         hidden, start = hook(first, data.prefix.astype(model.dtype)), first + 1
     hidden, _, _ = model.run_blocks(hidden, positions, data.valid, hook=hook, start=start, rows=data.target_index,
-                                    rows_hook=rows_hook)  # [B, R, d]
+                                    rows_hook=rows_hook, segments=data.segments)  # [B, R, d]
     return token_logprobs(model, hidden, data.target_ids, vocab_chunk)
 
 
-def prefix_residuals(model: Decoder, steering: Steering, tokens, valid) -> jax.Array:
+def prefix_residuals(model: Decoder, steering: Steering, tokens, valid, segments=None) -> jax.Array:
     """Residuals [B, T, d] after the first edited block, which no steering of `steering` can change."""
-    positions = positions_from_valid(valid)
-    hidden, _, _ = model.run_blocks(model.embed(tokens), positions, valid, stop=steering.first_layer + 1)
+    hidden, _, _ = model.run_blocks(model.embed(tokens), token_positions(valid, segments), valid,
+                                    stop=steering.first_layer + 1, segments=segments)
     return hidden
 
 
 def reference_logprob_sums(model: Decoder, data: StepData, vocab_chunk: int = 8192) -> jax.Array:
-    """Summed response log-probs [B] under the unsteered model (SimPO's p_ref)."""
-    hidden, _, _ = model.run_blocks(model.embed(data.tokens), positions_from_valid(data.valid), data.valid,
+    """Summed response log-probs [B] under the unsteered model (SimPO's p_ref); unpacked rows only."""
+    hidden, _, _ = model.run_blocks(model.embed(data.tokens), token_positions(data.valid), data.valid,
                                     rows=data.target_index)  # [B, R, d]
     logprobs = token_logprobs(model, hidden, data.target_ids, vocab_chunk)
     return (logprobs * data.target_mask).sum(-1)
@@ -92,7 +100,10 @@ def loss_fn(params: SteeringParams, model: Decoder, steering: Steering, data: St
     logprobs = response_logprobs(model, steering, params, data, config.vocab_chunk)
     if config.objective == "lang":
         return lang_loss(logprobs, data.target_mask)
-    return simpo_loss(logprobs, data.target_mask, data.reference)
+    if data.target_example is None:
+        return simpo_loss(logprobs, data.target_mask, data.reference)
+    sums, lengths = example_sums(logprobs, data.target_mask, data.target_example, data.reference.shape[0])
+    return simpo_loss_of_sums(sums, lengths, data.reference)
 
 
 def _renormalise(steering: Steering, params: SteeringParams) -> SteeringParams:

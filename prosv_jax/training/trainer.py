@@ -37,6 +37,7 @@ from prosv_jax.models.sharding import ShardingRules, batch_sharding, partition_s
 from prosv_jax.training.batch import TrainBatch
 from prosv_jax.training.checkpoint import RunCheckpoints
 from prosv_jax.training.data import TrainDataset, batch_indices, steps_per_epoch
+from prosv_jax.training.packing import PackMap, pack_map, packed_step_data, plan_shape
 from prosv_jax.training.optim import (OptimConfig, make_optimizer, param_labels, schedule_fraction,
                                      schedule_steps)
 from prosv_jax.training.step import (StepConfig, StepData, TrainState, make_train_step, prefix_residuals,
@@ -71,12 +72,17 @@ class TrainConfig:
     # of each group only
     checkpoint_every: int = -1
     progress: bool = True
+    # Packed rows: each step's examples placed several to a row of this many tokens (0 = off: one example per row,
+    # padded to the dataset's longest). The loss and gradients are the unpacked ones; see `training.packing`.
+    pack_length: int = 0
 
     def __post_init__(self):
         if self.prefix_cache not in PREFIX_CACHE:
             raise ValueError(f"prefix_cache must be one of {PREFIX_CACHE}, got {self.prefix_cache!r}")
         if self.runs_per_chunk < 0:
             raise ValueError(f"runs_per_chunk must be >= 0 (0 = auto), got {self.runs_per_chunk}")
+        if self.pack_length < 0:
+            raise ValueError(f"pack_length must be >= 0 (0 = unpacked rows), got {self.pack_length}")
 
 
 def _pad_batch(batch: TrainBatch, length: int, slots: int) -> TrainBatch:
@@ -214,6 +220,26 @@ class GroupData:
         return _gather_rows(tuple(parts), jnp.asarray(indices), jnp.asarray(row_mask), prefix_gathered=on_host,
                             mesh=self.mesh, rules=self.rules)
 
+    def example_sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, response tokens) [N'] of every dataset row: positives, then negatives (packing's sources)."""
+        tokens = np.concatenate([np.asarray(r.valid).sum(1) for r in self.arrays])
+        return tokens, np.concatenate([np.asarray(r.target_mask).sum(1) for r in self.arrays])
+
+    def gather_packed(self, maps: PackMap) -> StepData:
+        """Packed StepData [K, P, ...] of per-run maps [K, ...] whose sources index positives then negatives."""
+        cat = lambda parts: parts[0] if len(parts) == 1 else jnp.concatenate(parts)  # noqa: E731
+        rows = TrainBatch(*(cat(fields) for fields in zip(*self.arrays)))
+        prefix, on_host = None, self.prefix is not None and isinstance(self.prefix[0], np.ndarray)
+        if on_host:  # gathered here: only the packed slots travel to the device
+            whole = np.concatenate(self.prefix) if len(self.prefix) > 1 else self.prefix[0]
+            prefix = whole[maps.source, maps.offset]  # [K, P, L, d]
+            if self.mesh is not None:
+                prefix = jax.device_put(prefix, step_data_sharding(self.mesh, self.rules, prefix.shape))
+        elif self.prefix is not None:
+            prefix = cat(self.prefix)
+        return _gather_packed(rows, cat(self.reference), prefix, PackMap(*(jnp.asarray(a) for a in maps)),
+                              prefix_gathered=on_host, mesh=self.mesh, rules=self.rules)
+
 
 @functools.partial(jax.jit, static_argnames=("prefix_gathered", "mesh", "rules"))
 def _gather_rows(parts, indices, row_mask, *, prefix_gathered: bool, mesh: Mesh | None,
@@ -227,6 +253,16 @@ def _gather_rows(parts, indices, row_mask, *, prefix_gathered: bool, mesh: Mesh 
                             take(rows.target_ids), take(rows.target_mask) & row_mask[..., None], take(reference),
                             prefix))
     data = out[0] if len(out) == 1 else jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *out)
+    return _constrain(data, mesh, rules, step_data_sharding)
+
+
+@functools.partial(jax.jit, static_argnames=("prefix_gathered", "mesh", "rules"))
+def _gather_packed(rows, reference, prefix, maps, *, prefix_gathered: bool, mesh: Mesh | None,
+                   rules: ShardingRules) -> StepData:
+    source_prefix = None if prefix_gathered else prefix
+    data = jax.vmap(packed_step_data, in_axes=(None, None, None, 0))(rows, reference, source_prefix, maps)
+    if prefix_gathered:
+        data = data._replace(prefix=prefix)
     return _constrain(data, mesh, rules, step_data_sharding)
 
 
@@ -377,6 +413,7 @@ class Trainer:
         every = self.config.checkpoint_every
         if every < 0:
             every = total // self.config.epochs  # the steps of one epoch
+        packing = _Packing(data, group, sizes, offset, self.config, total) if self.config.pack_length else None
         bar = tqdm(range(first_step, total), desc=f"group {index}", disable=not self.config.progress,
                    initial=first_step, total=total)
         try:
@@ -385,7 +422,8 @@ class Trainer:
                     picks = [batch_indices(r.seed, step, sizes[r.dataset], self.config.batch_size) for r in group]
                     indices = np.stack([p[0] + offset[r.dataset] for p, r in zip(picks, group)])  # [K, B]
                     row_mask = np.stack([p[1] for p in picks])
-                    state, metrics = run_step(model_state, state, lrs, data.gather(indices, row_mask))
+                    batch = packing.gather(indices, row_mask) if packing else data.gather(indices, row_mask)
+                    state, metrics = run_step(model_state, state, lrs, batch)
                     metrics = jax.device_get(metrics)
                     for k, run in enumerate(group):
                         log.write(json.dumps({"run": run.name, "step": step,
@@ -423,6 +461,33 @@ class Trainer:
                 "learning_rates": self._learning_rates(run), "seed": run.seed, "dataset": run.dataset,
                 "init": dict(run.init)}
         return summaries
+
+
+class _Packing:
+    """A group's packed batches: one shape (rows, response slots) that fits every step of every run, planned up
+    front from the runs' data orders, so one compiled step serves the whole group and a resumed one."""
+
+    def __init__(self, data: GroupData, group: list[RunSpec], sizes: dict, offset: dict, config: TrainConfig,
+                 total: int):
+        self.data, self.length = data, config.pack_length
+        self.tokens, self.responses = data.example_sizes()
+        self.rows_per_part = len(data.arrays[0].tokens)
+        planned = [self._examples(*batch_indices(r.seed, step, sizes[r.dataset], config.batch_size), offset[r.dataset])
+                   for step in range(total) for r in group]
+        self.rows, self.slots = plan_shape([p[1] for p in planned], [p[2] for p in planned], self.length)
+
+    def _examples(self, indices: np.ndarray, row_mask: np.ndarray, offset: int = 0):
+        """(sources, tokens, response tokens) [E] of one run's step: positives, then their negatives."""
+        parts = len(self.data.arrays)
+        sources = np.concatenate([indices + offset + part * self.rows_per_part for part in range(parts)])
+        live = np.tile(row_mask, parts)
+        return sources, np.where(live, self.tokens[sources], 0), np.where(live, self.responses[sources], 0)
+
+    def gather(self, indices: np.ndarray, row_mask: np.ndarray) -> StepData:
+        """Packed StepData [K, P, ...] for per-run example indices [K, B] (offsets already added)."""
+        maps = [pack_map(*self._examples(i, m), length=self.length, rows=self.rows, slots=self.slots)
+                for i, m in zip(indices, row_mask)]
+        return self.data.gather_packed(PackMap(*(np.stack(f) for f in zip(*maps))))
 
 
 @functools.lru_cache(maxsize=16)
