@@ -37,9 +37,9 @@ from prosv_jax.models.sharding import ShardingRules, batch_sharding, partition_s
 from prosv_jax.training.batch import TrainBatch
 from prosv_jax.training.checkpoint import RunCheckpoints
 from prosv_jax.training.data import TrainDataset, batch_indices, steps_per_epoch
-from prosv_jax.training.packing import PackMap, pack_map, packed_step_data, plan_shape
 from prosv_jax.training.optim import (OptimConfig, make_optimizer, param_labels, schedule_fraction,
                                      schedule_steps)
+from prosv_jax.training.packing import PackMap, pack_map, packed_step_data, plan_shape
 from prosv_jax.training.step import (StepConfig, StepData, TrainState, make_train_step, prefix_residuals,
                                      reference_logprob_sums)
 
@@ -225,19 +225,23 @@ class GroupData:
         tokens = np.concatenate([np.asarray(r.valid).sum(1) for r in self.arrays])
         return tokens, np.concatenate([np.asarray(r.target_mask).sum(1) for r in self.arrays])
 
+    @functools.cached_property
+    def _sources(self) -> tuple:
+        """(rows, reference log-probs, prefix) of positives then negatives in one array each: packing's sources."""
+        cat = lambda parts: parts[0] if len(parts) == 1 else (  # noqa: E731
+            np.concatenate(parts) if isinstance(parts[0], np.ndarray) else jnp.concatenate(parts))
+        prefix = None if self.prefix is None else cat(self.prefix)
+        return TrainBatch(*(cat(fields) for fields in zip(*self.arrays))), cat(self.reference), prefix
+
     def gather_packed(self, maps: PackMap) -> StepData:
         """Packed StepData [K, P, ...] of per-run maps [K, ...] whose sources index positives then negatives."""
-        cat = lambda parts: parts[0] if len(parts) == 1 else jnp.concatenate(parts)  # noqa: E731
-        rows = TrainBatch(*(cat(fields) for fields in zip(*self.arrays)))
-        prefix, on_host = None, self.prefix is not None and isinstance(self.prefix[0], np.ndarray)
+        rows, reference, prefix = self._sources
+        on_host = isinstance(prefix, np.ndarray)
         if on_host:  # gathered here: only the packed slots travel to the device
-            whole = np.concatenate(self.prefix) if len(self.prefix) > 1 else self.prefix[0]
-            prefix = whole[maps.source, maps.offset]  # [K, P, L, d]
+            prefix = prefix[maps.source, maps.offset]  # [K, P, L, d]
             if self.mesh is not None:
                 prefix = jax.device_put(prefix, step_data_sharding(self.mesh, self.rules, prefix.shape))
-        elif self.prefix is not None:
-            prefix = cat(self.prefix)
-        return _gather_packed(rows, cat(self.reference), prefix, PackMap(*(jnp.asarray(a) for a in maps)),
+        return _gather_packed(rows, reference, prefix, PackMap(*(jnp.asarray(a) for a in maps)),
                               prefix_gathered=on_host, mesh=self.mesh, rules=self.rules)
 
 
