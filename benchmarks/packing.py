@@ -53,47 +53,47 @@ def resolved_config(concepts: list[int]):
     return config
 
 
+def _schedule(dataset, config) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(tokens [N], response tokens [N], the real example indices of each step) of one run's whole schedule."""
+    from prosv_jax.training.data import batch_indices, steps_per_epoch
+
+    rows, batch = dataset.positives, config.train.batch_size
+    total = config.train.epochs * steps_per_epoch(len(dataset), batch)
+    steps = [i[m] for i, m in (batch_indices(42, step, len(dataset), batch) for step in range(total))]
+    return rows.valid.sum(1), rows.target_mask.sum(1), steps
+
+
+def _real_work(tokens, responses, steps) -> dict:
+    """Per-step means of the work the real tokens need: token slots, attention pairs, head slots."""
+    return {"real": float(np.mean([tokens[i].sum() for i in steps])),
+            "real_pairs": float(np.mean([(tokens[i].astype(float) ** 2).sum() for i in steps])),
+            "real_head": float(np.mean([responses[i].sum() for i in steps]))}
+
+
 def layout_costs(dataset, config, pack_length: int) -> dict:
     """Per-step costs of one run over its whole schedule, in the shape compiled for it."""
-    from prosv_jax.training.data import batch_indices, steps_per_epoch
-    from prosv_jax.training.packing import first_fit_rows, plan_shape
+    from prosv_jax.training.packing import plan_shape
 
-    rows = dataset.positives
-    tokens, responses = rows.valid.sum(1), rows.target_mask.sum(1)
-    batch, total = config.train.batch_size, config.train.epochs * steps_per_epoch(len(dataset), config.train.batch_size)
-    picks = [batch_indices(42, step, len(dataset), batch) for step in range(total)]
-    real = [tokens[i[m]] for i, m in picks]
+    tokens, responses, steps = _schedule(dataset, config)
     if pack_length == 0:
-        T, R = rows.tokens.shape[1], rows.target_ids.shape[1]
-        shape, slots, pairs, heads = (batch, T), batch * T, batch * T * T, batch * R
-    else:
-        P, R = plan_shape([np.where(m, tokens[i], 0) for i, m in picks],
-                          [np.where(m, responses[i], 0) for i, m in picks], pack_length)
-        first_fit_rows(list(tokens), pack_length)  # raises when an example is longer than the rows
-        shape, slots, pairs, heads = (P, pack_length), P * pack_length, P * pack_length ** 2, P * R
-    shape = tuple(int(x) for x in shape)
-    return {"shape": shape, "slots": int(slots), "real": float(np.mean([r.sum() for r in real])), "pairs": int(pairs),
-            "real_pairs": float(np.mean([(r.astype(float) ** 2).sum() for r in real])), "head": int(heads),
-            "real_head": float(np.mean([responses[i[m]].sum() for i, m in picks]))}
+        rows, T, R = config.train.batch_size, dataset.positives.tokens.shape[1], dataset.positives.target_ids.shape[1]
+    else:  # raises when an example is longer than the rows
+        (rows, R), T = plan_shape([tokens[i] for i in steps], [responses[i] for i in steps], pack_length), pack_length
+    return {"shape": (int(rows), int(T)), "slots": int(rows * T), "pairs": int(rows * T * T), "head": int(rows * R),
+            **_real_work(tokens, responses, steps)}
 
 
 def bucketed_costs(dataset, config, multiple: int) -> dict:
     """Per-step costs of one run when each step is padded to its own longest example (rounded up to `multiple`):
     the reference's policy, one compiled shape per distinct length."""
-    from prosv_jax.training.data import batch_indices, steps_per_epoch
-
-    rows = dataset.positives
-    tokens, responses = rows.valid.sum(1), rows.target_mask.sum(1)
-    batch, total = config.train.batch_size, config.train.epochs * steps_per_epoch(len(dataset), config.train.batch_size)
-    steps = [i[m] for i, m in (batch_indices(42, step, len(dataset), batch) for step in range(total))]
+    tokens, responses, steps = _schedule(dataset, config)
+    batch = config.train.batch_size
     up = lambda n: -(-int(n) // multiple) * multiple  # noqa: E731
-    shapes = {(batch, up(tokens[i].max()), up(responses[i].max())) for i in steps}
-    return {"shapes": len(shapes), "slots": np.mean([batch * up(tokens[i].max()) for i in steps]),
-            "real": float(np.mean([tokens[i].sum() for i in steps])),
-            "pairs": np.mean([batch * up(tokens[i].max()) ** 2 for i in steps]),
-            "real_pairs": float(np.mean([(tokens[i].astype(float) ** 2).sum() for i in steps])),
-            "head": np.mean([batch * up(responses[i].max()) for i in steps]),
-            "real_head": float(np.mean([responses[i].sum() for i in steps]))}
+    return {"shapes": len({(up(tokens[i].max()), up(responses[i].max())) for i in steps}),
+            "slots": float(np.mean([batch * up(tokens[i].max()) for i in steps])),
+            "pairs": float(np.mean([batch * up(tokens[i].max()) ** 2 for i in steps])),
+            "head": float(np.mean([batch * up(responses[i].max()) for i in steps])),
+            **_real_work(tokens, responses, steps)}
 
 
 def waste_table(datasets, config, lengths: list[int], buckets: list[int]) -> tuple[list[str], dict]:

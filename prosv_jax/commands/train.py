@@ -22,7 +22,8 @@ import textwrap
 
 
 # Fields that may change between a run and its resumption (they do not change the results beyond float rounding).
-_RESUME_FREE = ("train.progress", "train.runs_per_chunk", "train.pack_length", "mesh", "mesh.data", "mesh.fsdp", "mesh.tensor")
+_RESUME_FREE = ("train.progress", "train.runs_per_chunk", "train.pack_length", "mesh", "mesh.data", "mesh.fsdp",
+                "mesh.tensor")
 MESH_AXES = ("data", "fsdp", "tensor")
 _MULTI_HOST_HELP = """\
 several hosts: run the same command on every host, with the output folder on a file system they share, and either

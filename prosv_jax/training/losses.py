@@ -161,9 +161,9 @@ def simpo_loss_of_sums(sums: jax.Array, lengths: jax.Array, reference_logprob_su
     the real pairs: a pair without response tokens (the padding of a partial last batch) adds nothing, as when the
     reference's last batch is smaller.
     """
-    real = (lengths[:sums.shape[0] // 2] > 0).astype(F32)
-    lengths = jnp.maximum(lengths, 1.0)
     pairs = sums.shape[0] // 2
+    real = (lengths[:pairs] > 0).astype(F32)
+    lengths = jnp.maximum(lengths, 1.0)
     pos, neg = sums[:pairs], sums[pairs:]
     ref = jax.lax.stop_gradient(reference_logprob_sums)
     weight = jnp.maximum(1.0, ref[pairs:] - ref[:pairs])
