@@ -160,9 +160,15 @@ def test_pipeline(env):
         assert server.auth_headers == {f"Bearer {KEY}"}
         before = server.request_count
         assert cli("axbench", "judge", "--generations", gen / "prosv", *url, *FAST_JUDGE) == 0
-        assert server.request_count == before  # zero requests: every rating comes from the cache
+        assert server.request_count == before  # zero requests: both concepts' rating files are kept
+        report = json.load(open(gen / "prosv" / "ratings" / "judge_report.json"))
+        assert report["kept"] == [0, 1] and report["stats"]["rated"] == 0
+        kept = (gen / "prosv" / "ratings" / "c1.jsonl").read_text()
+        os.remove(gen / "prosv" / "ratings" / "c1.jsonl")  # a lost rating file: its ratings come from the cache
+        assert cli("axbench", "judge", "--generations", gen / "prosv", *url, *FAST_JUDGE) == 0
+        assert server.request_count == before and (gen / "prosv" / "ratings" / "c1.jsonl").read_text() == kept
         stats = json.load(open(gen / "prosv" / "ratings" / "judge_report.json"))["stats"]
-        assert stats["requests_sent"] == 0 and stats["cache_hits"] == 60
+        assert stats["requests_sent"] == 0 and stats["cache_hits"] == 30
         for name in ("sweep", "prompting"):
             assert cli("axbench", "judge", "--generations", gen / name, *url, *FAST_JUDGE) == 0
 
@@ -240,6 +246,54 @@ def test_pipeline(env):
     for path in root.rglob("*"):
         if path.is_file() and path.suffix in (".json", ".jsonl", ".csv", ".md", ".txt"):
             assert KEY not in path.read_text(errors="replace"), path
+
+
+def test_sweep_in_protocol_order(env, tmp_path, capsys):
+    """A factor sweep in protocol order: every factor on instructions 0-4, rated; then instructions 5-9 at the factor
+    each steering's ratings chose, rated; scored together as AxBench's selection on a full grid would score it.
+    A judge rerun keeps the rated concepts without a request."""
+    train, sel, rep = env["train"], tmp_path / "select", tmp_path / "report"
+    assert cli("axbench", "generate", *GEN_ARGS, "--runs", train, "--out", sel, "--method", "SV sweep",
+               "--factor", "0,8,16", "--select-half") == 0
+    concept = {}
+    for c in (0, 1):
+        rows = read_jsonl(sel / f"c{c}.jsonl")
+        assert len(rows) == 15 and {r["instruction_pos"] for r in rows} == set(range(5))
+        assert {r["grid_half"] for r in rows} == {"select"}
+        concept[c] = rows[0]["concept"]
+        for r in rows:  # factor 8: 1.5 on the selection half; factor 16: 2.0 once (mean 0.4)
+            if r["factor"] == 8:
+                r["answer"] = f"{concept[c]} clunky"
+            elif r["factor"] == 16 and r["instruction_pos"] == 0:
+                r["answer"] = concept[c]
+        write_jsonl(sel / f"c{c}.jsonl", rows)
+    with JudgeServer() as server:
+        url = ["--base-url", server.base_url]
+        assert cli("axbench", "judge", "--generations", sel, *url, *FAST_JUDGE) == 0
+        assert server.request_count == 2 * 15 * 3
+        assert cli("axbench", "generate", *GEN_ARGS, "--runs", train, "--out", rep,
+                   "--report-half", sel / "ratings") == 0
+        for c in (0, 1):
+            rows = read_jsonl(rep / f"c{c}.jsonl")
+            assert [r["instruction_pos"] for r in rows] == [5, 6, 7, 8, 9]
+            assert {(r["method"], r["factor"], r["mode"], r["grid_half"]) for r in rows} == {
+                ("SV sweep", 8.0, "sweep", "report")}
+            rows[0]["answer"] = concept[c]  # 2.0 once on the report half: 0.4
+            write_jsonl(rep / f"c{c}.jsonl", rows)
+        assert cli("axbench", "judge", "--generations", rep, *url, *FAST_JUDGE) == 0
+        before = server.request_count
+        assert cli("axbench", "judge", "--generations", sel, *url, *FAST_JUDGE) == 0
+        assert server.request_count == before and "kept as rated before: [0, 1]" in capsys.readouterr().out
+    assert cli("axbench", "score", "--ratings", sel / "ratings", rep / "ratings", "--out", tmp_path / "score") == 0
+    rows = [r for r in csv.DictReader(open(tmp_path / "score" / "per_concept.csv"))]
+    assert {(r["concept_id"], r["chosen_factor"]) for r in rows} == {("0", "8.0"), ("1", "8.0")}
+    assert [float(r["score"]) for r in rows] == pytest.approx([0.4, 0.4])
+    # bad input: the report half alone cannot choose; a factor option with --report-half is refused
+    assert cli("axbench", "score", "--ratings", rep / "ratings", "--out", tmp_path / "bad") == 2
+    assert "give the ratings of both halves" in capsys.readouterr().err
+    assert cli("axbench", "generate", *GEN_ARGS, "--runs", train, "--out", tmp_path / "x", "--factor", "8",
+               "--report-half", sel / "ratings") == 2
+    assert "--report-half answers at the factor its ratings chose" in capsys.readouterr().err
 
 
 def test_refusing_judge_keeps_finished_work(env, tmp_path):

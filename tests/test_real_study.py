@@ -36,7 +36,8 @@ def tiny_study(tmp_path_factory):
     try:
         assert study.main(["run", *common, "--config.concepts=[0]"]) == 0
         first = {name: (out / name).read_bytes() for name in (
-            "gen/prosv_lang/c0.jsonl", "gen/fssv_lang_grid/c0.jsonl", "sacrifice/prosv_lang/c0.json",
+            "gen/prosv_lang/c0.jsonl", "gen/fssv_lang_grid/c0.jsonl", "gen/fssv_lang_grid_report/c0.jsonl",
+            "gen/fssv_lang_grid/ratings/c0.jsonl", "sacrifice/prosv_lang/c0.json",
             "detectors/c0.json")}
         assert study.main(["run", *common]) == 0
         yield out, results, first, common
@@ -52,6 +53,13 @@ def test_every_stage_finishes_and_growing_the_concepts_keeps_finished_work(tiny_
     for name, data in first.items():
         assert (out / name).read_bytes() == data, f"{name} was redone when the study grew"
     assert (out / "gen" / "prosv_lang" / "c1.jsonl").is_file()
+    # the grids in protocol order: 14 factors on instructions 0-4, then 5-9 at the factor the ratings chose
+    for grid in ("fssv_lang_grid", "diffmean_grid"):
+        select = [json.loads(line) for line in open(out / "gen" / grid / "c1.jsonl")]
+        chosen = [json.loads(line) for line in open(out / "gen" / f"{grid}_report" / "c1.jsonl")]
+        assert len(select) == 14 * 5 and {r["instruction_pos"] for r in select} == set(range(5))
+        assert [r["instruction_pos"] for r in chosen] == [5, 6, 7, 8, 9] and len({r["factor"] for r in chosen}) == 1
+        assert chosen[0]["factor"] in {r["factor"] for r in select}
     train = json.load(open(out / "train" / "prosv_lang" / "config.json"))
     assert train["data"]["concept_ids"] == [0, 1] and train["data"]["max_examples"] == 6
     cfg = study.load_study_config(TINY, common[2:])
@@ -131,7 +139,8 @@ def test_plan_prints_every_command_and_bad_input_is_named(tiny_study, capsys, tm
     _, _, _, common = tiny_study
     assert study.main(["plan", *common]) == 0
     printed = capsys.readouterr().out
-    assert "prosv-jax axbench train --config" in printed and "--factor-grid" in printed
+    assert "prosv-jax axbench train --config" in printed and "--factor-grid --select-half" in printed
+    assert "--report-half" in printed
     assert "prosv-jax axbench sacrifice" in printed and "python experiments/real/report.py" in printed
     assert "!!python" not in printed and "- attack: true" in printed  # the config's methods print as plain YAML
     with pytest.raises(SystemExit):

@@ -96,7 +96,7 @@ def test_factor_selection_ties_and_errors():
     tie = {7: {8.0: _answers([2] * 5, [1] * 5), 2.0: _answers([2] * 5, [2] * 5), 4.0: _answers([1] * 5, [2] * 5)}}
     sel = select_factor(tie)
     assert sel.chosen == {7: 2.0} and sel.scores == {7: 2.0}  # tie on 0-4 -> smallest factor
-    with pytest.raises(ValueError, match="9 answers"):
+    with pytest.raises(ValueError, match="9 answers"):  # the chosen factor lacks instruction 9
         select_factor({1: {2.0: _answers([1] * 5, [1] * 4)}})
     with pytest.raises(ValueError, match="overlap"):
         select_factor(tie, select_on=range(0, 6), report_on=range(5, 10))
@@ -106,6 +106,19 @@ def test_factor_selection_ties_and_errors():
         select_factor({})
     # precomputed answer scores work too
     assert select_factor({1: {1.0: [0.5] * 5 + [1.5] * 5}}).scores == {1: 1.5}
+
+
+def test_factor_selection_in_protocol_order_matches_the_full_grid():
+    """Every factor on 0-4, only the chosen one on 5-9: the same choice and score as the full grid; a report half
+    at another factor than the chosen one is refused with the command that fixes it."""
+    full = {3: {1.0: _answers([1, 1, 2, 2, 1], [2, 2, 2, 2, 2]), 2.0: _answers([2, 2, 2, 2, 1], [1, 0, 1, 1, 2]),
+                4.0: _answers([0, 0, 1, 1, 1], [2, 2, 2, 2, 2])}}
+    protocol = {3: {f: (a if f == 2.0 else a[:5]) for f, a in full[3].items()}}
+    assert select_factor(protocol) == select_factor(full)
+    assert select_factor(protocol).scores == pytest.approx({3: 1.0})
+    wrong = {3: {f: (a if f == 1.0 else a[:5]) for f, a in full[3].items()}}
+    with pytest.raises(ValueError, match="chosen factor 2.0 has 5 answers.*--report-half"):
+        select_factor(wrong)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -208,12 +208,13 @@ def plot_concept_vs_sacrifice(values: dict, path: str) -> None:
 
 
 def plot_factor_sweeps(per_answer: list[dict], raw: dict, path: str) -> bool:
-    """Mean ratings over concepts and instructions vs the factor's multiple of the trained one, per swept method."""
+    """Mean ratings over concepts and the selection half's instructions (0-4, answered at every factor) vs the
+    factor's multiple of the trained one, per swept method."""
     from matplotlib.figure import Figure
 
     sweeps: dict = defaultdict(lambda: defaultdict(list))
     for r in per_answer:
-        if r["attack"] or not r["method"].endswith("(factor selected)"):
+        if r["attack"] or not r["method"].endswith("(factor selected)") or r["used"] != "select":
             continue
         key = (r["method"], r["setting"], "", int(r["concept_id"]), int(r["instruction_pos"]), float(r["factor"]))
         scale = (raw.get(key) or {}).get("factor_scale")
@@ -231,7 +232,7 @@ def plot_factor_sweeps(per_answer: list[dict], raw: dict, path: str) -> bool:
             ax.plot(scales, [np.mean(table[(q, s)]) for s in scales], marker=".", label=q)
         ax.set_xscale("log")
         ax.set_xlabel("factor / trained factor (DiffMean: / |mean difference|)")
-        ax.set_ylabel("mean rating (0-2)")
+        ax.set_ylabel("mean rating on instructions 0-4 (0-2)")
         ax.set_title(method, fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -314,11 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         detector_rows += [{"evaluator_block": "chosen", "use": "the study's detectors", **r} for r in read_csv(final)]
     write_csv(os.path.join(out, "detectors.csv"), detector_rows)
     stage_rows = []
-    for path in sorted(glob.glob(os.path.join(study, "stages", "*.json")), key=os.path.getmtime):
+    for path in glob.glob(os.path.join(study, "stages", "*.json")):
         with open(path) as f:
             s = json.load(f)
         stage_rows.append({"stage": s["stage"], "wall_s": s["wall_s"], "concepts": len(s.get("concepts", [])),
                            "finished": s["finished"]})
+    stage_rows.sort(key=lambda r: r["finished"])  # the order they ran in (file times change with a checkout)
     write_csv(os.path.join(out, "stages.csv"), stage_rows)
 
     from prosv_jax.evaluation.concept_detector import MIN_AUROC
@@ -341,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     md = (f"# Judge-free study: {cfg.model.label} block {cfg.model.layer}, evaluator {cfg.evaluator.label}\n\n"
           f"Means over concepts with 95% t-intervals. Score: AxBench's harmonic mean of the probe judge's three "
           f"0-2 ratings. Sacrifice: NLL of GPT-4's AlpacaEval answers, steered minus unsteered (nats/token).\n\n"
+          f"Concepts rated: {sorted({int(r['concept_id']) for r in per_concept})} (of concept10's 0-9); training seeds "
+          f"{list(cfg.train.seeds)}.\n\n"
           f"## Headline table ({main_setting})\n\n"
           + (f"Concepts {flagged} are left out: their detectors' held-out AUROC is below {min_auroc} (below).\n\n"
              if flagged else "") + markdown(rows)

@@ -88,9 +88,11 @@ def _setting(cfg, method) -> str:
     return method.setting or f"{cfg.model.label} L{method.layer or cfg.model.layer}"
 
 
-def _generate_argv(cfg, method, *, grid: bool = False, attack: bool = False) -> list[str]:
+def _generate_argv(cfg, method, *, grid: str = "", attack: bool = False) -> list[str]:
+    """The answers of `method`: at its learned factor, under the attack, or one half of its factor grid (`grid`:
+    "select", every factor on instructions 0-4, or "report", 5-9 at the factor the rated selection half chose)."""
     g = cfg.generation
-    folder = ("attack" if attack else "gen") + "/" + method.name + ("_grid" if grid else "")
+    folder = _grid_folder(method, grid) if grid else ("attack" if attack else "gen") + "/" + method.name
     label = method.label + (" (factor selected)" if grid else "")
     argv = ["axbench", "robustness" if attack else "generate", "--model", cfg.model.name,
             "--out", _path(cfg, folder), "--method", label, "--setting", _setting(cfg, method),
@@ -100,8 +102,11 @@ def _generate_argv(cfg, method, *, grid: bool = False, attack: bool = False) -> 
         return argv + ["--prompting-file", _path(cfg, "prompts.jsonl"), "--concepts", _ids(cfg.concepts),
                        "--batch-size", str(g.batch_size)]
     argv += ["--runs", _path(cfg, "train", method.name)]
-    if grid:
-        return argv + ["--factor-grid", "--batch-size", str(g.grid_batch_size)]
+    if grid == "select":
+        return argv + ["--factor-grid", "--select-half", "--batch-size", str(g.grid_batch_size)]
+    if grid == "report":
+        return argv + ["--report-half", _path(cfg, _grid_folder(method, "select"), "ratings"),
+                       "--batch-size", str(g.batch_size)]
     if attack:
         argv += ["--attack-template"] + (["--factor-scales", cfg.attack.fssv_factor_scales]
                                          if method.positions == "all" else [])
@@ -165,9 +170,16 @@ def stages(cfg) -> list[Stage]:
     return out
 
 
+def _grid_folder(m, half: str) -> str:
+    return f"gen/{m.name}_grid" + ("_report" if half == "report" else "")
+
+
 def _folders(m) -> list[str]:
-    """The answer folders of a method: gen/<name> (learned factor), gen/<name>_grid, attack/<name>."""
-    return ([f"gen/{m.name}"] if m.name != "diffmean" else []) + ([f"gen/{m.name}_grid"] if m.grid else []) + (
+    """The answer folders of a method, in the order they are made: gen/<name> (learned factor), the grid in protocol
+    order (gen/<name>_grid: every factor on instructions 0-4; gen/<name>_grid_report: 5-9 at the chosen factor),
+    attack/<name>."""
+    return ([f"gen/{m.name}"] if m.name != "diffmean" else []) + (
+        [_grid_folder(m, "select"), _grid_folder(m, "report")] if m.grid else []) + (
         [f"attack/{m.name}"] if m.attack else [])
 
 
@@ -183,8 +195,9 @@ def _method_stages(cfg, m) -> list[Stage]:
         out.append(Stage(f"train_{m.name}", f"train {m.label}", lambda: _train_argv(cfg, m)))
     for folder in _folders(m):
         kind = {"gen": "answers", "attack": "answers under the suppression attack"}[folder.split("/")[0]]
-        grid = folder.endswith("_grid")
-        out.append(Stage(folder.replace("/", "_"), f"{kind}, {m.label}" + (", 14-factor grid" if grid else ""),
+        grid = "report" if folder.endswith("_grid_report") else "select" if folder.endswith("_grid") else ""
+        half = {"select": ", 14-factor grid on instructions 0-4", "report": ", 5-9 at the chosen factor", "": ""}
+        out.append(Stage(folder.replace("/", "_"), f"{kind}, {m.label}{half[grid]}",
                          lambda grid=grid, attack=folder.startswith("attack"): _generate_argv(
                              cfg, m, grid=grid, attack=attack)))
         out.append(Stage("judge_" + folder.replace("/", "_"), f"probe ratings of {folder}",

@@ -5,6 +5,8 @@
     prosv-jax axbench generate   --model DIR --prompting-file F --split SPLIT [--instructions ALPACA] --out GEN
     prosv-jax axbench diffmean   --model DIR --split SPLIT --layer L --out TRAIN [--concepts ...] [--positions all]
     prosv-jax axbench generate   --model DIR --runs TRAIN --out GEN --factor-grid    (factor selection, 14 factors)
+    prosv-jax axbench generate   ... --factor-grid --select-half --out G1; judge G1; generate ... --report-half
+                                 G1/ratings --out G2; judge G2         (the same selection, about half the answers)
     prosv-jax axbench detectors  --model EVAL --split SPLIT --out DET [--layer L] [--concepts ...]
     prosv-jax axbench negatives  --model DIR --split SPLIT --detectors DET --out NEG.jsonl [--concepts ...]
     prosv-jax axbench judge      --generations GEN [--judge openai|local] [--judge-model M] [--base-url U] [--cache C]
@@ -86,6 +88,12 @@ def _add_generation_args(p, with_factors: bool = True) -> None:
                        help="a factor sweep relative to each steering's own factor (alpha x R for each R, "
                             "comma-separated), scored with factor selection; without R, the 14 multiples of "
                             "DEFAULT_FACTOR_GRID (0.1 .. 4). For DiffMean, alpha = |d|")
+        p.add_argument("--select-half", action="store_true",
+                       help="a factor sweep in protocol order, step 1: every factor on the selection half "
+                            "(instructions 0-4) only; rate it, then answer the report half with --report-half")
+        p.add_argument("--report-half", metavar="RATINGS",
+                       help="step 2: instructions 5-9 at the factor each steering's selection-half ratings (the "
+                            "judge's folder of a --select-half run) choose; score both rating folders together")
         p.add_argument("--prompting-file", metavar="F",
                        help="prompting baseline: JSONL {concept_id, prompt} (no steering; give --split)")
     p.add_argument("--factor-scales", metavar="S", help="the trained factor times each scale, e.g. 1,0.8,0.5")
@@ -159,7 +167,8 @@ def _settings(args, **extra):
         concepts=_ids(args.concepts), method=args.method, setting=args.setting,
         factors=factor_list(getattr(args, "factor", None)), factor_scales=_scales(args.factor_scales),
         factor_grid=_grid(getattr(args, "factor_grid", None)),
-        prompting_file=getattr(args, "prompting_file", None), seed=args.seed, temperature=args.temperature,
+        prompting_file=getattr(args, "prompting_file", None), select_half=getattr(args, "select_half", False),
+        report_half=getattr(args, "report_half", None), seed=args.seed, temperature=args.temperature,
         max_new_tokens=args.max_new_tokens, n_instructions=args.n_instructions, batch_size=args.batch_size,
         dtype=args.dtype, chat=not args.no_chat, include_diverged=args.include_diverged, **extra)
 
@@ -231,7 +240,8 @@ def run_judge(args) -> int:
         print(f"prosv-jax axbench judge: partial result: {e}", file=sys.stderr)
         return 3
     print(f"judge: {format_stats(report['stats'])}")
-    print(f"ratings: {report['out']} (concepts {report['written']}, {report['answers_rated']} answers)")
+    kept = f"; kept as rated before: {report['kept']}" if report["kept"] else ""
+    print(f"ratings: {report['out']} (concepts {report['written']}, {report['answers_rated']} answers{kept})")
     return 0
 
 

@@ -17,6 +17,8 @@ Record fields (every setting needed to reproduce the answer):
     factor, factor_scale     the steering vector's factor alpha used (null for prompting or LoReFT), its scale
                              (relative to the trained factor: --factor-scales, --factor-grid)
     instruction_pos          0..9: position in the concept's sample (factor selection: choose on 0-4, report on 5-9)
+    grid_half                null, or "select" (--select-half: a sweep on instructions 0-4 only) | "report"
+                             (--report-half: instructions 5-9 at the factor the selection half's ratings chose)
     instruction_index        index in AlpacaEval's instructions.json
     instruction              the original instruction (what the judge sees)
     prompt                   the user message given to the model (chat-templated when chat is true)
@@ -25,7 +27,12 @@ Record fields (every setting needed to reproduce the answer):
     model, dtype, chat, seed, sampling, max_new_tokens, batch_size, batch_index, batch_row
                              the batch: rows of a concept go in order (runs, then factors, then instructions) in
                              batches of batch_size; batch b of concept c samples with
-                             jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), c), b)
+                             jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), c), b) (the report half:
+                             with the concept key folded with REPORT_HALF_STREAM first, a stream of its own)
+
+A factor sweep in protocol order costs about half a full grid: `--select-half` answers every factor on instructions
+0-4, the judge rates them, and `--report-half RATINGS` answers instructions 5-9 at the factor each steering's ratings
+choose (the same choice `axbench score` makes); `axbench score` scores the two rating folders together.
 """
 
 from __future__ import annotations
@@ -43,8 +50,10 @@ from .instructions import load_alpaca_instructions, sample_instructions
 from prosv_jax.files import write_json
 from .records import check_same_settings, read_json, write_jsonl
 from .runs import check_concepts, concept_table, find_runs, setting_of_runs, split_of_runs
+from .scores import DEFAULT_REPORT_ON, DEFAULT_SELECT_ON
 
 SETTINGS_FILE = "generate.json"
+REPORT_HALF_STREAM = 2**31 - 1  # folded into a concept's sampling key in the report half
 
 
 # The default grid of `--factor-grid`: 14 multiples of a steering's own factor (for DiffMean, of |d|, the norm of the
@@ -77,6 +86,8 @@ class GenerateSettings:
     dtype: str = "float32"
     chat: bool = True
     include_diverged: bool = False  # evaluate runs that diverged in training too
+    select_half: bool = False  # a factor sweep on the selection half (instructions 0-4) only
+    report_half: str | None = None  # ratings of a --select-half run: instructions 5-9 at each steering's chosen factor
 
 
 @dataclasses.dataclass
@@ -115,6 +126,51 @@ def _check(s: GenerateSettings) -> None:
         raise ValueError("factors apply to steerings, not to the prompting baseline")
     if s.temperature < 0 or s.max_new_tokens < 1 or s.n_instructions < 1:
         raise ValueError("temperature must be >= 0, max_new_tokens and n_instructions >= 1")
+    if s.select_half and s.report_half:
+        raise ValueError("--select-half and --report-half are the two steps of one sweep: give one of them")
+    if s.select_half and not (s.factors or s.factor_grid):
+        raise ValueError("--select-half answers the selection half of a factor sweep: give --factor-grid or --factor")
+    if s.report_half and (s.factors or s.factor_grid or s.factor_scales or s.prompting_file):
+        raise ValueError("--report-half answers at the factor its ratings chose: give no --factor, --factor-grid, "
+                         "--factor-scales or --prompting-file")
+    if (s.select_half or s.report_half) and s.n_instructions < max(DEFAULT_REPORT_ON) + 1:
+        raise ValueError(f"the halves of a factor sweep are instructions {list(DEFAULT_SELECT_ON)} and "
+                         f"{list(DEFAULT_REPORT_ON)}: --n-instructions must be at least {max(DEFAULT_REPORT_ON) + 1}")
+
+
+def _positions(s: GenerateSettings) -> range:
+    """The instruction positions answered: the selection half, the report half or all of them."""
+    return DEFAULT_SELECT_ON if s.select_half else DEFAULT_REPORT_ON if s.report_half else range(s.n_instructions)
+
+
+def selected_factors(ratings: str) -> dict[str, dict]:
+    """{run name: {"method", "factor", "factor_scale"}}: the factor AxBench's selection chooses for each steering of
+    a rated factor sweep, from its selection half (instructions 0-4) only, as `axbench score` chooses it."""
+    from collections import defaultdict
+
+    from .report import load_ratings
+    from .scores import choose_factor
+
+    by_run: dict = defaultdict(lambda: defaultdict(dict))
+    for r in load_ratings([ratings]):
+        if r.get("mode") == "sweep" and not r.get("attack") and r.get("run"):
+            by_run[r["run"]][float(r["factor"])][int(r["instruction_pos"])] = r
+    if not by_run:
+        raise ValueError(f"{ratings}: no rated factor sweep of a trained steering; give the ratings folder of an "
+                         "`axbench generate --select-half` run")
+    out = {}
+    for run, by_factor in by_run.items():
+        table = {}
+        for factor, slots in by_factor.items():
+            missing = sorted(set(DEFAULT_SELECT_ON) - set(slots))
+            if missing:
+                raise ValueError(f"{ratings}: run {run}, factor {factor:g} lacks the rated answers to instruction(s) "
+                                 f"{missing} of the selection half; rate the whole --select-half folder")
+            table[factor] = [slots[k]["ratings"] for k in DEFAULT_SELECT_ON]
+        factor, _ = choose_factor(table, DEFAULT_SELECT_ON, f"run {run}")
+        first = by_factor[factor][DEFAULT_SELECT_ON[0]]
+        out[run] = {"method": first["method"], "factor": factor, "factor_scale": first.get("factor_scale")}
+    return out
 
 
 def _labels(s: GenerateSettings, model_dir: str) -> tuple[str, str]:
@@ -122,7 +178,7 @@ def _labels(s: GenerateSettings, model_dir: str) -> tuple[str, str]:
         method = s.method or "prompting"
     else:
         method = s.method or os.path.basename(os.path.normpath(s.runs)) + (
-            " (factor selected)" if s.factors or s.factor_grid else "")
+            " (factor selected)" if s.factors or s.factor_grid or s.report_half else "")
     if s.setting:
         setting = s.setting
     elif s.runs:
@@ -138,6 +194,7 @@ def _stored_settings(s: GenerateSettings, model_dir: str, split: str, method: st
              runs=os.path.abspath(s.runs) if s.runs else None, out=os.path.abspath(s.out),
              instructions=os.path.abspath(s.instructions),
              prompting_file=os.path.abspath(s.prompting_file) if s.prompting_file else None,
+             report_half=os.path.abspath(s.report_half) if s.report_half else None,
              sampling={"temperature": s.temperature, "top_p": 1.0, "top_k": 0})
     return d
 
@@ -147,20 +204,30 @@ def _check_resume(out: str, stored: dict) -> None:
 
 
 def _rows_for(concept_id: int, concept: str, sample, runs, s: GenerateSettings, method: str, prompts: dict | None,
-              attack_texts: dict | None, trained: dict) -> list[_Row]:
+              attack_texts: dict | None, trained: dict, chosen: dict | None) -> list[_Row]:
     def instruction_text(idx: int, text: str) -> str:
         return attack_texts[(concept_id, idx)] if attack_texts is not None else text
 
+    sample = [(pos, idx, text) for pos, (idx, text) in enumerate(sample) if pos in _positions(s)]
     rows = []
     if prompts is not None:
-        for pos, (idx, text) in enumerate(sample):
+        for pos, idx, text in sample:
             rows.append(_Row(None, method, "prompting", None, None, pos, idx, text,
                              prompting_prompt(prompts[concept_id], instruction_text(idx, text))))
         return rows
     for run in runs:
         label = method if len(runs) == 1 else f"{method} [{run.variant}]"
         alpha = trained[run.name]
-        if s.factors:
+        if chosen is not None:
+            pick = chosen.get(run.name)
+            if pick is None:
+                raise ValueError(f"{s.report_half}: no rated selection half of run {run.name} (concept {concept_id}); "
+                                 "answer and rate its --select-half first")
+            if pick["method"] != label:
+                raise ValueError(f"{s.report_half}: the selection half of run {run.name} is labelled "
+                                 f"{pick['method']!r}, this run {label!r}: give the same --method to both halves")
+            settings = [(label, "sweep", pick["factor"], pick["factor_scale"])]
+        elif s.factors:
             if alpha is None:
                 raise ValueError(f"{run.path}: a factor sweep needs a steering vector (this steering has no factor)")
             settings = [(label, "sweep", float(f), None) for f in s.factors]
@@ -176,7 +243,7 @@ def _rows_for(concept_id: int, concept: str, sample, runs, s: GenerateSettings, 
         else:
             settings = [(label, "steering", alpha, None)]
         for lab, mode, factor, scale in settings:
-            for pos, (idx, text) in enumerate(sample):
+            for pos, idx, text in sample:
                 rows.append(_Row(run, lab, mode, factor, scale, pos, idx, text, instruction_text(idx, text)))
     return rows
 
@@ -214,6 +281,9 @@ def run_generate(s: GenerateSettings, attack: Callable[[dict], dict] | None = No
         if untrained:
             raise ValueError(f"{s.runs}: no trained steering for concept id(s) {untrained} (trained: "
                              f"{sorted({r.concept_id for r in runs})})")
+    chosen = selected_factors(s.report_half) if s.report_half else None
+    if chosen and not s.method:
+        s = dataclasses.replace(s, method=_common_label(chosen))
     method, setting = _labels(s, model_dir)
     stored = _stored_settings(s, model_dir, split, method, setting)
     os.makedirs(s.out, exist_ok=True)
@@ -234,6 +304,7 @@ def run_generate(s: GenerateSettings, attack: Callable[[dict], dict] | None = No
     from .generation import Generator, trained_factor
 
     gen = Generator(model_dir, s.dtype, s.batch_size)
+    half = "select" if s.select_half else "report" if s.report_half else None
     base = {"setting": setting, "attack": s.attack, "model": model_dir, "dtype": s.dtype, "chat": s.chat,
             "seed": s.seed, "sampling": stored["sampling"], "max_new_tokens": s.max_new_tokens,
             "batch_size": s.batch_size}
@@ -241,9 +312,12 @@ def run_generate(s: GenerateSettings, attack: Callable[[dict], dict] | None = No
         start = time.time()
         loaded = {r.name: gen.load_steering(r.path) for r in by_concept[cid]}
         trained = {name: trained_factor(*sp) for name, sp in loaded.items()}
-        rows = _rows_for(cid, concepts[cid], samples[cid], by_concept[cid], s, method, prompts, attack_texts, trained)
+        rows = _rows_for(cid, concepts[cid], samples[cid], by_concept[cid], s, method, prompts, attack_texts, trained,
+                         chosen)
         records, b = [], 0
         concept_key = jax.random.fold_in(jax.random.key(s.seed), cid)
+        if s.report_half:
+            concept_key = jax.random.fold_in(concept_key, REPORT_HALF_STREAM)
         groups = [[r for r in rows if r.run is run] for run in (by_concept[cid] or [None])]
         for group in groups:
             for batch_rows in (group[i:i + s.batch_size] for i in range(0, len(group), s.batch_size)):
@@ -259,12 +333,21 @@ def run_generate(s: GenerateSettings, attack: Callable[[dict], dict] | None = No
                                     "steering": run.path if run else None, "factor": r.factor,
                                     "factor_scale": r.factor_scale, "instruction_pos": r.pos,
                                     "instruction_index": r.index, "instruction": r.instruction, "prompt": r.prompt,
+                                    "grid_half": half,
                                     "answer": a.text, "answer_tokens": a.n_tokens, "stopped": a.stopped,
                                     "batch_index": b, "batch_row": row_i})
                 b += 1
         write_jsonl(concept_file(s.out, cid), records)
         log(f"concept {cid}: {len(records)} answers in {time.time() - start:.1f} s -> {concept_file(s.out, cid)}")
     return {"written": todo, "skipped": skipped, "out": s.out}
+
+
+def _common_label(chosen: dict) -> str:
+    """The method label of a selection half (its runs' labels without a ' [variant]' suffix)."""
+    labels = {re.sub(r" \[[^]]*\]$", "", pick["method"]) for pick in chosen.values()}
+    if len(labels) != 1:
+        raise ValueError(f"the selection half's ratings hold several methods {sorted(labels)}; give --method")
+    return labels.pop()
 
 
 def load_generations(folder: str) -> tuple[dict, dict[int, list[dict]]]:

@@ -12,8 +12,9 @@ Output folder (default `<generations>/ratings`):
   (requests sent, retries, cache hits, malformed, failures, prompt/completion tokens).
 
 Every rating is cached on disk as soon as it arrives (default cache `<out>/cache`), so a rerun resumes where a failure
-stopped and a complete rerun sends no request. Concepts are rated in order; after a concept fails (the endpoint gives
-up), later concepts are not attempted.
+stopped and a complete rerun sends no request. A concept whose rating file already holds exactly its generated
+answers is kept as it is (so a folder grown by concepts rates only the new ones, with any judge). Concepts are rated
+in order; after a concept fails (the endpoint gives up), later concepts are not attempted.
 """
 
 from __future__ import annotations
@@ -78,6 +79,20 @@ def _check_same_judge(out: str, record: dict) -> None:
                          "give a new --out")
 
 
+def _already_rated(path: str, records: list[dict]) -> bool:
+    """Whether the rating file at `path` rates exactly these generation records (same answers, in order)."""
+    from .records import read_jsonl
+
+    if not os.path.isfile(path):
+        return False
+    try:
+        rated = read_jsonl(path)
+    except ValueError:
+        return False  # unreadable: rate again
+    answer = lambda r: (r.get("instruction_pos"), r.get("factor"), r.get("instruction"), r.get("answer"))  # noqa: E731
+    return [answer(r) for r in rated] == [answer(r) for r in records]
+
+
 def run_judge(generations: str, judge, out: str | None = None, log: Callable[[str], None] = print) -> dict:
     """Rates every answer of a generate folder into `out`; returns the report (raises PartialRatings on failure).
     An existing `out` must have been rated by the same judge on the same generations (it then resumes)."""
@@ -89,11 +104,14 @@ def run_judge(generations: str, judge, out: str | None = None, log: Callable[[st
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, JUDGE_FILE), record)
     report = {"status": "complete", "generations": os.path.abspath(generations), "out": os.path.abspath(out),
-              "written": [], "failed": None, "not_attempted": [], "answers_rated": 0}
+              "written": [], "kept": [], "failed": None, "not_attempted": [], "answers_rated": 0}
     start = time.time()
     ids = sorted(by_concept)
     for n, cid in enumerate(ids):
         records = by_concept[cid]
+        if _already_rated(os.path.join(out, f"c{cid}.jsonl"), records):
+            report["kept"].append(cid)
+            continue
         items = [(r["concept"], r["instruction"], r["answer"]) for r in records]
         try:
             rated = rate_answers(judge, items)

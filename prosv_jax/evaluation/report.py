@@ -3,7 +3,8 @@
 Per answer: the harmonic mean of the three ratings (0 if any is 0); per concept: the mean over its answers; overall:
 the mean over concepts. Answers are grouped by (method, setting, attack). A group of mode "sweep" (fixed factors) gets
 AxBench's factor selection: per concept the factor with the best mean on instructions 0-4 is chosen and the concept's
-score is that factor's mean on instructions 5-9. Other groups are scored on all their answers.
+score is that factor's mean on instructions 5-9 (a full grid, or one answered in protocol order: every factor on 0-4,
+then only the chosen one on 5-9 with `axbench generate --report-half`). Other groups are scored on all their answers.
 
 Outputs: per_answer.csv, per_concept.csv, summary.csv + summary.md (rows = methods, columns = settings; an attacked
 group's column is "<setting> [suppression]"; a second table gives every cell's number of concepts), scores.json,
@@ -123,9 +124,10 @@ def score_groups(records: list[dict]) -> dict:
                     by_factor[float(r["factor"])][int(r["instruction_pos"])] = r
                 table[cid] = {}
                 for f, slots in by_factor.items():
-                    if sorted(slots) != list(range(len(slots))) or len(slots) < 10:
+                    if sorted(slots) not in (list(range(5)), list(range(10))):
                         raise ValueError(f"{key}: concept {cid}, factor {f:g}: factor selection needs instructions "
-                                         f"0-9, got positions {sorted(slots)}")
+                                         f"0-4 at every factor and 5-9 at least at the chosen one, got positions "
+                                         f"{sorted(slots)}; give the ratings of both halves of the grid")
                     table[cid][f] = [_triple(slots[k]) for k in range(len(slots))]
             sel = select_factor(table)
             for cid, rs in by_concept.items():

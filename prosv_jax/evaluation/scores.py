@@ -121,6 +121,25 @@ def _sort_key(x: Any):
     return (0, x, "") if isinstance(x, (int, float)) else (1, 0, str(x))
 
 
+def choose_factor(by_factor: Mapping[Any, Sequence[Any]], select_on: Sequence[int] = DEFAULT_SELECT_ON,
+                  what: str = "") -> tuple[Any, dict[Any, float]]:
+    """(the factor with the best mean answer score on instructions ``select_on``, every factor's mean there) for one
+    concept's ``{factor: answer ratings by instruction position}``; ties go to the smallest factor. Only the
+    selection half is read, so a factor whose report half was never answered is still a candidate."""
+    if not by_factor:
+        raise ValueError(f"{what or 'a concept'} has no factors")
+    need = max(select_on) + 1
+    sel: dict[Any, float] = {}
+    for factor in sorted(by_factor, key=_sort_key):
+        answers = by_factor[factor]
+        if len(answers) < need:
+            raise ValueError(f"{what or 'a concept'}, factor {factor!r}: {len(answers)} answers, but the selection "
+                             f"needs instructions up to index {need - 1}")
+        sel[factor] = _mean([answer_score(answers[k]) for k in select_on], "answers")
+    best = max(sel.values())
+    return next(f for f, s in sel.items() if s == best), sel  # first in sorted order
+
+
 def select_factor(ratings_by_factor: Mapping[Hashable, Mapping[Any, Sequence[Any]]],
                   select_on: Sequence[int] = DEFAULT_SELECT_ON,
                   report_on: Sequence[int] = DEFAULT_REPORT_ON) -> FactorSelection:
@@ -130,7 +149,8 @@ def select_factor(ratings_by_factor: Mapping[Hashable, Mapping[Any, Sequence[Any
     instruction position (0-9 for the 10 sampled instructions).  For each concept, the factor with the best mean answer
     score on instructions ``select_on`` (0-4) is chosen, and the concept's score is that factor's mean on instructions
     ``report_on`` (5-9), so the held-out half is never used for the choice.  Ties go to the smallest factor (numbers in
-    ascending order, otherwise by string).
+    ascending order, otherwise by string).  Only the chosen factor needs its report half: a grid answered in protocol
+    order (every factor on 0-4, then the chosen one on 5-9) scores the same as a full grid.
     """
     select_on, report_on = list(select_on), list(report_on)
     if not select_on or not report_on:
@@ -139,24 +159,18 @@ def select_factor(ratings_by_factor: Mapping[Hashable, Mapping[Any, Sequence[Any
         raise ValueError(f"select_on {select_on} and report_on {report_on} overlap")
     if not ratings_by_factor:
         raise ValueError("no concepts to select factors for")
-    need = max(select_on + report_on) + 1
+    need = max(report_on) + 1
     chosen: dict[Hashable, Any] = {}
     scores: dict[Hashable, float] = {}
     selection_scores: dict[Hashable, dict[Any, float]] = {}
     for cid, by_factor in ratings_by_factor.items():
-        if not by_factor:
-            raise ValueError(f"concept {cid!r} has no factors")
-        sel: dict[Any, float] = {}
-        for factor in sorted(by_factor, key=_sort_key):
-            answers = by_factor[factor]
-            if len(answers) < need:
-                raise ValueError(f"concept {cid!r}, factor {factor!r}: {len(answers)} answers, but instructions "
-                                 f"up to index {need - 1} are needed")
-            sel[factor] = _mean([answer_score(answers[k]) for k in select_on], "answers")
-        best = max(sel.values())
-        factor = next(f for f, s in sel.items() if s == best)  # first in sorted order
+        factor, selection_scores[cid] = choose_factor(by_factor, select_on, f"concept {cid!r}")
+        answers = by_factor[factor]
+        if len(answers) < need:
+            raise ValueError(f"concept {cid!r}: the chosen factor {factor!r} has {len(answers)} answers, but its "
+                             f"report half needs instructions up to index {need - 1}; answer them at that factor "
+                             "(`axbench generate --report-half`)")
         chosen[cid] = factor
-        selection_scores[cid] = sel
-        scores[cid] = _mean([answer_score(by_factor[factor][k]) for k in report_on], "answers")
+        scores[cid] = _mean([answer_score(answers[k]) for k in report_on], "answers")
     return FactorSelection(chosen=chosen, scores=scores, selection_scores=selection_scores,
                            overall=overall_score(scores))
