@@ -43,6 +43,7 @@ _NONNEGATIVE = _number(lambda v: v >= 0, "a finite number >= 0")
 # dotted field -> (test, what a good value is). Fields a config does not have are skipped.
 FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.dtype": _choice("float32", "bfloat16"),
+    "model.scan_min_blocks": _int_at_least(0),
     "steering.layer": _int_at_least(0),
     "steering.kind": _choice("steering_vector", "loreft"),
     "steering.beta": _number(lambda v: True, "a finite number"),

@@ -62,3 +62,14 @@ def test_suite_quick_prints_every_row():
     for row in ("PyTorch reference", "prosv-jax full forward", "prosv-jax cached prefix", "runs vmapped",
                 "prefill f32", "decode f32", "PrOSV f2+l2 vs unsteered", "ceilings (XLA"):
         assert row in result.stdout, row
+
+
+def test_compile_benchmark_compares_scanned_and_unrolled(capsys):
+    """benchmarks/compile_time.py on a small shape: the scanned blocks give the unrolled loss and a row per mode."""
+    import compile_time
+
+    compile_time.main(["--blocks", "22", "--hidden", "64", "--batch", "2", "--repeats", "1", "--no-write"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 22 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["unrolled", "scanned"]
+    losses = [float(row.split("|")[6]) for row in rows]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)

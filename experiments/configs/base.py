@@ -4,6 +4,8 @@ Fields:
   model.path        local HF model folder, or "builtin" (the offline tiny model); "" = must be set by the user
   model.name        a label for messages and the results
   model.dtype       float32 | bfloat16 (the frozen weights)
+  model.scan_min_blocks  stretches of at least this many plain blocks run as one lax.scan (compile time nearly
+                    flat in the depth; 0 = never; prosv_jax.models.decoder.SCAN_MIN_BLOCKS)
   steering.*        layer (block L), positions (all | all_prompt | f{N} | l{N} | f{N}+l{M}),
                     kind (steering_vector | loreft), beta, c, lam, init (uniform | normal), unit_norm,
                     train_factor, rank (LoReFT)
@@ -43,7 +45,7 @@ BUNDLED_SPLIT = "bundled:concept10"
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict(dict(path="", name="", dtype="bfloat16"))
+    c.model = ml_collections.ConfigDict(dict(path="", name="", dtype="bfloat16", scan_min_blocks=12))
     c.steering = ml_collections.ConfigDict(dict(
         layer=10, positions="f2+l2", kind="steering_vector", beta=2.0, c=1.0, lam=1.0, init="uniform",
         unit_norm=False, train_factor=True, rank=4))

@@ -22,8 +22,8 @@ import textwrap
 
 
 # Fields that may change between a run and its resumption (they do not change the results beyond float rounding).
-_RESUME_FREE = ("train.progress", "train.runs_per_chunk", "train.pack_length", "mesh", "mesh.data", "mesh.fsdp",
-                "mesh.tensor")
+_RESUME_FREE = ("train.progress", "train.runs_per_chunk", "train.pack_length", "model.scan_min_blocks", "mesh",
+                "mesh.data", "mesh.fsdp", "mesh.tensor")
 MESH_AXES = ("data", "fsdp", "tensor")
 _MULTI_HOST_HELP = """\
 several hosts: run the same command on every host, with the output folder on a file system they share, and either
@@ -254,6 +254,7 @@ def train_from_config(config, log=print) -> dict:
                                pack_length=t.pack_length)
     mesh = make_train_mesh(config)
     model = load_model(model_dir, jnp.dtype(config.model.dtype), mesh=mesh)
+    model.scan_min_blocks = config.model.get("scan_min_blocks", model.scan_min_blocks)
     log(f"training {len(runs)} run(s) on {len(datasets)} concept(s) ({', '.join(datasets)}), "
         f"{sum(len(d) for d in datasets.values())} examples, model {model_dir}"
         + ("" if mesh is None else f", mesh {dict(mesh.shape)} of {mesh.devices.flat[0].platform} devices"))

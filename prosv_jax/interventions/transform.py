@@ -110,6 +110,7 @@ def _hook_function(steering: Steering) -> Callable:
             hidden = site.kind.apply(params[site.name], hidden, masks[site.name])
         return hidden
 
+    hook.layers = frozenset(by_layer)  # the blocks it edits: the decoder may scan over the others
     return hook
 
 
