@@ -43,7 +43,6 @@ def test_which_blocks_are_scanned():
     assert gemma3.cfg.layer_types[:6] == ("sliding_attention",) * 5 + ("full_attention",)
     assert gemma3._scan_plan(0, BLOCKS, set(), None) == {0: (6, 2)}  # blocks 12, 13 unrolled
     assert deep_model("llama_gqa_untied", 12)._scan_plan(0, BLOCKS, {BLOCKS - 1}, hook) == {}  # stretches < 12
-    assert deep_model("llama_gqa_untied", 0).scan_min_blocks == 0
 
 
 def _data(seed: int = 0) -> StepData:
