@@ -125,18 +125,17 @@ def step_times(dataset, config, lengths: list[int], dtype: str, steps: int) -> d
     import jax.numpy as jnp
     from flax import nnx
 
-    from prosv_jax.commands.train import make_steering
+    from prosv_jax.commands.train import make_steering, optim_and_step
     from prosv_jax.models.loading import load_model
     from prosv_jax.models.sources import resolve_model_dir
     from prosv_jax.training.data import batch_indices
-    from prosv_jax.training.optim import OptimConfig, schedule_steps
-    from prosv_jax.training.step import StepConfig, TrainState
+    from prosv_jax.training.optim import schedule_steps
+    from prosv_jax.training.step import TrainState
     from prosv_jax.training.trainer import GroupData, RunSpec, TrainConfig, _Packing, group_program
 
     model = load_model(resolve_model_dir(config.model.name), jnp.dtype(dtype))
     steering = make_steering(config)
-    optim = OptimConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in config.optim.items()})
-    step_config = StepConfig(config.objective, config.vocab_chunk)
+    optim, step_config = optim_and_step(config)
     graphdef, model_state = nnx.split(model)
     tx, run_step = group_program(graphdef, model.cfg, steering, step_config, optim, schedule_steps(optim, 100))
     run = RunSpec("r", seed=42, dataset="d")

@@ -49,22 +49,22 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------------------------------- prosv-jax
-def jax_side(model, layer, args, prefix_cache, runs=1):
-    """A zero-argument callable doing one training step of `runs` vmapped runs (and its prefix set-up time)."""
+def prosv_jax_step(model, steering, dataset, batches, prefix_cache, *, optim=None, step_config=None, runs=1):
+    """(A zero-argument callable doing one training step of `runs` vmapped runs, cycling through `batches` (arrays
+    of example indices into `dataset`), the seconds spent preparing the step data, the prefix cache included)."""
+    import itertools
+
     import jax
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
-    from prosv_jax.interventions import Steering, SteeringVector
-    from prosv_jax.training.data import TrainDataset
     from prosv_jax.training.optim import OptimConfig
     from prosv_jax.training.step import StepConfig, TrainState
     from prosv_jax.training.trainer import TrainConfig, GroupData, group_program
 
-    steering = Steering.single(layer, SteeringVector(beta=2.0, c=1.0), args.positions)
-    optim, step_config = OptimConfig(factor_lr=1.0, direction_lr=0.04), StepConfig()
-    dataset = TrainDataset.from_examples(axbench_like_examples(args.batch, args.vocab))
+    optim = optim or OptimConfig(factor_lr=1.0, direction_lr=0.04)
+    step_config = step_config or StepConfig()
     graphdef, model_state = nnx.split(model)
     tx, group_step = group_program(graphdef, model.cfg, steering, step_config, optim, 10_000)
     params = [steering.init_params(jax.random.key(k), model.cfg, model.dtype) for k in range(runs)]
@@ -74,22 +74,41 @@ def jax_side(model, layer, args, prefix_cache, runs=1):
     state, lrs = jax.device_put((state, lrs), jax.devices()[0])
     t0 = time.perf_counter()
     data = GroupData(model, steering, dataset, TrainConfig(prefix_cache=prefix_cache), step_config)
-    indices = np.tile(np.arange(args.batch), (runs, 1))
-    step_data = data.gather(indices, np.ones_like(indices, bool))
+    step_data = []
+    for batch in batches:
+        indices = np.tile(np.asarray(batch), (runs, 1))  # [runs, B]: every run steps on the same examples
+        step_data.append(data.gather(indices, np.ones_like(indices, bool)))
     jax.block_until_ready(step_data)
     setup = time.perf_counter() - t0
-    holder = {"state": state}
+    holder, turn = {"state": state}, itertools.cycle(step_data)
 
     def step():
-        holder["state"], metrics = group_step(model_state, holder["state"], lrs, step_data)
+        holder["state"], metrics = group_step(model_state, holder["state"], lrs, next(turn))
         return float(metrics["loss"][0])
 
+    return step, setup
+
+
+def jax_side(model, layer, args, prefix_cache, runs=1):
+    """prosv_jax_step on the synthetic AxBench-length batch of `args` (and that batch's real token count)."""
+    import numpy as np
+
+    from prosv_jax.interventions import Steering, SteeringVector
+    from prosv_jax.training.data import TrainDataset
+
+    steering = Steering.single(layer, SteeringVector(beta=2.0, c=1.0), args.positions)
+    dataset = TrainDataset.from_examples(axbench_like_examples(args.batch, args.vocab))
+    step, setup = prosv_jax_step(model, steering, dataset, [np.arange(args.batch)], prefix_cache, runs=runs)
     return step, setup, int(dataset.positives.valid.sum())
 
 
 # --------------------------------------------------------------------------------------------------- reference
-def torch_side(directory, dtype, layer, args):
-    """One step of the reference recipe (HF model + forward hook + Adam groups + v-only clipping + schedule)."""
+def reference_step(directory, dtype, layer, batches, positions, *, direction_lr=0.04, factor_lr=1.0, beta=2.0):
+    """One step of the reference recipe per call (HF model + forward hook + Adam groups + v-only clipping +
+    schedule), cycling through `batches` (lists of (prompt ids, response ids)), each padded to its own longest
+    row as the authors' collator does."""
+    import itertools
+
     import numpy as np
     import torch
     import transformers
@@ -99,21 +118,30 @@ def torch_side(directory, dtype, layer, args):
 
     model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=getattr(torch, dtype)).eval()
     model.requires_grad_(False)
-    batch = make_batch(axbench_like_examples(args.batch, args.vocab), multiple=1)
-    tokens = torch.tensor(batch.tokens, dtype=torch.long)
-    attention = torch.tensor(batch.valid.astype(np.int64))
-    labels = torch.where(torch.tensor(batch.valid & ~batch.prompt_mask), tokens, torch.tensor(-100))
-    mask = torch.tensor(np.asarray(PositionSpec.parse(args.positions).mask(batch.prompt_mask, batch.valid)))
+    prepared = []
+    for examples in batches:
+        batch = make_batch(examples, multiple=1)
+        tokens = torch.tensor(batch.tokens, dtype=torch.long)
+        labels = torch.where(torch.tensor(batch.valid & ~batch.prompt_mask), tokens, torch.tensor(-100))
+        mask = torch.tensor(np.asarray(PositionSpec.parse(positions).mask(batch.prompt_mask, batch.valid)))
+        prepared.append((tokens, torch.tensor(batch.valid.astype(np.int64)), labels, mask))
     n = model.config.hidden_size
-    alpha = torch.tensor(2.0 * math.sqrt(n), dtype=getattr(torch, dtype), requires_grad=True)
+    alpha = torch.tensor(beta * math.sqrt(n), dtype=getattr(torch, dtype), requires_grad=True)
     v = ((torch.rand(n) * 2 - 1) / math.sqrt(n)).to(getattr(torch, dtype)).requires_grad_(True)
-    model.model.layers[layer].register_forward_hook(
-        lambda m, i, o: torch.where(mask[..., None], (o[0] if isinstance(o, tuple) else o) + alpha * v,
-                                    o[0] if isinstance(o, tuple) else o))
-    optimizer = torch.optim.Adam([{"params": [v], "lr": 0.04}, {"params": [alpha], "lr": 1.0}], eps=1e-8)
+    current = {}
+
+    def hook(module, inputs, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        return torch.where(current["mask"][..., None], hidden + alpha * v, hidden)
+
+    model.model.layers[layer].register_forward_hook(hook)
+    optimizer = torch.optim.Adam([{"params": [v], "lr": direction_lr}, {"params": [alpha], "lr": factor_lr}],
+                                 eps=1e-8)
     schedule = transformers.get_linear_schedule_with_warmup(optimizer, 0, 10_000)
+    turn = itertools.cycle(prepared)
 
     def step():
+        tokens, attention, labels, current["mask"] = next(turn)
         loss = model(input_ids=tokens, attention_mask=attention, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_([v], 1.0)
@@ -123,6 +151,11 @@ def torch_side(directory, dtype, layer, args):
         return loss.detach().item()
 
     return step
+
+
+def torch_side(directory, dtype, layer, args):
+    """reference_step on the synthetic AxBench-length batch of `args`."""
+    return reference_step(directory, dtype, layer, [axbench_like_examples(args.batch, args.vocab)], args.positions)
 
 
 def timed(sides: dict, repeats: int, clock=time.perf_counter) -> dict:

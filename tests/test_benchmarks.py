@@ -73,3 +73,28 @@ def test_compile_benchmark_compares_scanned_and_unrolled(capsys):
     assert [row.split("|")[2].strip() for row in rows] == ["unrolled", "scanned"]
     losses = [float(row.split("|")[6]) for row in rows]
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+def test_real_shape_benchmark_times_both_sides_on_real_data(real_models_cache, monkeypatch, capsys):
+    """benchmarks/real_shape.py --quick on SmolLM2-135M-Instruct and concept10: a reference row and a prosv-jax row
+    for the steered block, each with its padding (token slots per real token, at least 1) and a speed-up."""
+    import real_shape
+
+    real_models_cache("smollm2-135m-instruct")  # converted once per test session
+    monkeypatch.setenv("PROSV_JAX_CACHE", real_models_cache.root)
+    real_shape.main(["--quick", "--no-write"])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| smollm2-135m-instruct | float32 | 12 of 30 |")]
+    assert [row[3].strip() for row in rows] == ["reference", "prosv-jax"]
+    assert all(float(row[7]) >= 1.0 for row in rows)  # token slots per real token
+    assert float(rows[1][10].split("x")[0]) > 0  # the speed-up column parses
+
+
+def test_steered_block_stays_inside_the_model():
+    import real_shape
+
+    assert [real_shape.steered_block(f, 30) for f in (0.4, 0.75)] == [12, 22]
+    assert [real_shape.steered_block(f, 18) for f in (0.4, 0.75)] == [7, 14]
+    assert real_shape.steered_block(0.99, 4) == 2  # never the last block
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        real_shape.steered_block(1.0, 30)

@@ -222,14 +222,10 @@ def make_train_mesh(config):
 
 def train_from_config(config, log=print) -> dict:
     """Trains every run of a resolved config into config.out_dir; returns {run name: summary}."""
-    import dataclasses
-
     import jax.numpy as jnp
     from transformers import AutoTokenizer
 
     from prosv_jax.models.loading import load_model
-    from prosv_jax.training.optim import OptimConfig
-    from prosv_jax.training.step import StepConfig
     from prosv_jax.training.trainer import TrainConfig, Trainer
 
     check_config(config)
@@ -238,14 +234,7 @@ def train_from_config(config, log=print) -> dict:
     datasets, ids = build_datasets(config, tokenizer)
     runs = make_runs(config, ids)
     steering = make_steering(config)
-    optim_fields = {f.name for f in dataclasses.fields(OptimConfig)}
-    optim_values = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in config.optim.items()}
-    unknown = sorted(set(optim_values) - optim_fields)
-    if unknown:
-        raise ValueError(f"optim field(s) {unknown} are not OptimConfig fields ({sorted(optim_fields)})")
-    optim = OptimConfig(**optim_values)
-    step_config = StepConfig(objective=config.objective, vocab_chunk=config.vocab_chunk,
-                             blowup_loss=config.train.blowup_loss)
+    optim, step_config = optim_and_step(config)
     t = config.train
     train_config = TrainConfig(epochs=t.epochs, batch_size=t.batch_size, prefix_cache=t.prefix_cache,
                                runs_per_program=t.runs_per_program, runs_per_chunk=t.runs_per_chunk,
@@ -268,6 +257,22 @@ def train_from_config(config, log=print) -> dict:
     if trainer.process_count > 1:
         log(f"process {trainer.process_index} of {trainer.process_count} trained group(s) {trainer.trained_groups}")
     return summaries
+
+
+def optim_and_step(config):
+    """The (OptimConfig, StepConfig) a training config describes."""
+    import dataclasses
+
+    from prosv_jax.training.optim import OptimConfig
+    from prosv_jax.training.step import StepConfig
+
+    optim_fields = {f.name for f in dataclasses.fields(OptimConfig)}
+    optim_values = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in config.optim.items()}
+    unknown = sorted(set(optim_values) - optim_fields)
+    if unknown:
+        raise ValueError(f"optim field(s) {unknown} are not OptimConfig fields ({sorted(optim_fields)})")
+    return OptimConfig(**optim_values), StepConfig(objective=config.objective, vocab_chunk=config.vocab_chunk,
+                                                   blowup_loss=config.train.blowup_loss)
 
 
 def summary_rows(out_dir: str, summaries: dict) -> list[dict]:
