@@ -57,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="both")
     p.add_argument("--repeats", type=int, default=2, help="timed cycles per side (the best is reported)")
     add_timing_args(p)
+    p.add_argument("--unrolled", action="store_true",
+                   help="also time prosv-jax with every block unrolled (model.scan_min_blocks = 0)")
     p.add_argument("--quick", action="store_true", help="smoke run: SmolLM2, batch 2, one batch, float32, L ~ 0.4")
     p.add_argument("--mimalloc", action="store_true", help="re-execute with libmimalloc.so preloaded")
     p.add_argument("--no-write", action="store_true", help="print only; do not append to benchmarks/results/")
@@ -124,7 +126,8 @@ def step_costs(shape, dataset, pairs, layer: int) -> dict:
     return {"useful": float(np.mean(useful)), "real_tokens": real,
             "prosv-jax": train_flops(shape, batch, length, slots, layer + 1, layer + 1),
             "reference": float(np.mean(reference)),
-            "slots_prosv-jax": batch * length / real, "slots_reference": float(np.mean([batch * max(ns) for ns in lengths])) / real}
+            "slots_prosv-jax": batch * length / real,
+            "slots_reference": float(np.mean([batch * max(ns) for ns in lengths])) / real}
 
 
 # ----------------------------------------------------------------------------------------------------- timing
@@ -149,7 +152,8 @@ def timed_cycles(sides: dict, cycle: int, repeats: int, clock) -> tuple[dict, di
 
 
 def model_rows(model_name: str, args, ceiling: dict, clock) -> list[dict]:
-    """The rows of one model: per dtype and steered block, the reference and prosv-jax's cached-prefix step."""
+    """The rows of one model: per dtype and steered block, the reference and prosv-jax's cached-prefix step (and,
+    with --unrolled, the same step with no block scanned)."""
     import jax.numpy as jnp
 
     from prosv_jax.commands.train import optim_and_step
@@ -165,6 +169,10 @@ def model_rows(model_name: str, args, ceiling: dict, clock) -> list[dict]:
         model.scan_min_blocks = config.model.scan_min_blocks
         depth, shape = model.cfg.num_layers, flop_shape(model.cfg)
         lrs = optim.learning_rates(model.cfg.hidden_size)
+        unrolled = None
+        if args.unrolled:
+            unrolled = load_model(model_dir, jnp.dtype(dtype))
+            unrolled.scan_min_blocks = 0
         sides, setups, layers = {}, {}, {}
         for fraction in map(float, args.layer_fractions.split(",")):
             layer = steered_block(fraction, depth)
@@ -175,20 +183,25 @@ def model_rows(model_name: str, args, ceiling: dict, clock) -> list[dict]:
             steering = Steering.single(layer, SteeringVector(beta=s.beta, c=s.c), s.positions)
             sides[("prosv-jax", layer)], setups[layer] = prosv_jax_step(
                 model, steering, dataset, indices, "device", optim=optim, step_config=step_config)
+            if unrolled is not None:
+                sides[("prosv-jax unrolled", layer)], _ = prosv_jax_step(
+                    unrolled, steering, dataset, indices, "device", optim=optim, step_config=step_config)
         seconds, first = timed_cycles(sides, len(indices), args.repeats, clock)
         for (side, layer), sec in seconds.items():
             costs = step_costs(shape, dataset, pairs, layer)
-            executed = costs[side] / sec / 1e9
+            ours = side.startswith("prosv-jax")
+            executed = costs["prosv-jax" if ours else side] / sec / 1e9
             ceiling_key = "matmul_f32_gflops" if dtype == "float32" else "matmul_bf16_gflops"
             rows.append(dict(model=os.path.basename(model_name.rstrip("/")), depth=depth, dtype=dtype, layer=layer,
                              fraction=layers[layer], side=side, seconds=sec, first_step_s=first[(side, layer)],
-                             prefix_setup_s=setups[layer] if side == "prosv-jax" else None,
-                             tokens_per_s=costs["real_tokens"] / sec, slots_per_real=costs[f"slots_{side}"],
+                             prefix_setup_s=setups[layer] if ours else None,
+                             tokens_per_s=costs["real_tokens"] / sec,
+                             slots_per_real=costs["slots_prosv-jax" if ours else "slots_reference"],
                              executed_gflops=executed, ceiling_share=executed / ceiling[ceiling_key],
                              useful_gflops=costs["useful"] / sec / 1e9,
-                             vs_reference=seconds[("reference", layer)] / sec if side == "prosv-jax" else None,
-                             target=TARGETS.get((dtype, layers[layer])) if side == "prosv-jax" else None))
-        del sides, model
+                             vs_reference=seconds[("reference", layer)] / sec if ours else None,
+                             target=TARGETS.get((dtype, layers[layer])) if ours else None))
+        del sides, model, unrolled
     return rows
 
 
@@ -200,7 +213,7 @@ def format_table(rows: list[dict]) -> list[str]:
         ratio = "" if r["vs_reference"] is None else (
             f"{r['vs_reference']:.2f}x" + (f" ({r['target']}x)" if r["target"] else ""))
         share = f"{r['executed_gflops']:.0f} ({100 * r['ceiling_share']:.0f}%"
-        share += f", target {100 * CEILING_TARGETS[r['dtype']]:.0f}%)" if r["side"] == "prosv-jax" else ")"
+        share += f", target {100 * CEILING_TARGETS[r['dtype']]:.0f}%)" if r["side"] != "reference" else ")"
         table.append(f"| {r['model']} | {r['dtype']} | {r['layer']} of {r['depth']} | {r['side']} | "
                      f"{r['seconds']:.2f} | {r['first_step_s']:.1f} | {r['tokens_per_s']:.0f} | "
                      f"{r['slots_per_real']:.2f} | {share} | {r['useful_gflops']:.0f} | {ratio} |")

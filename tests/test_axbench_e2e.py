@@ -121,6 +121,12 @@ def test_pipeline(env):
     mtime = os.path.getmtime(gen / "prosv" / "c0.jsonl")
     assert cli("axbench", "generate", *GEN_ARGS, "--runs", train, "--out", gen / "prosv", "--method", "PrOSV") == 0
     assert os.path.getmtime(gen / "prosv" / "c0.jsonl") == mtime
+    # a folder written before --select-half and --report-half existed (no such fields) resumes the same way
+    settings = json.loads((gen / "prosv" / "generate.json").read_text())
+    del settings["select_half"], settings["report_half"]
+    (gen / "prosv" / "generate.json").write_text(json.dumps(settings))
+    assert cli("axbench", "generate", *GEN_ARGS, "--runs", train, "--out", gen / "prosv", "--method", "PrOSV") == 0
+    assert os.path.getmtime(gen / "prosv" / "c0.jsonl") == mtime
     # other settings into the same folder are refused
     assert cli("axbench", "generate", *GEN_ARGS, "--runs", train, "--out", gen / "prosv", "--seed", "1") == 2
 

@@ -98,3 +98,20 @@ def test_steered_block_stays_inside_the_model():
     assert real_shape.steered_block(0.99, 4) == 2  # never the last block
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         real_shape.steered_block(1.0, 30)
+
+
+def test_end_to_end_benchmark_runs_both_sides_as_processes(real_models_cache, monkeypatch, capsys):
+    """benchmarks/end_to_end.py --quick: prosv-jax's `axbench train` (all concepts, then one) and the reference, one
+    process per concept, each with its wall clock and peak memory, and the speed-up and memory ratio lines."""
+    import end_to_end
+
+    real_models_cache("smollm2-135m-instruct")
+    monkeypatch.setenv("PROSV_JAX_CACHE", real_models_cache.root)
+    end_to_end.main(["--quick", "--no-write"])
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| ")}
+    assert {"reference (one process per concept)", "prosv-jax axbench train"} <= set(rows)
+    for cells in rows.values():
+        if cells[0].strip().isdigit():
+            assert float(cells[1]) > 0 and float(cells[3]) > 0.1  # seconds, peak GiB
+    assert "speed-up" in out and "peak memory, 1 concepts against 1" in out

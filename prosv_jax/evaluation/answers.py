@@ -200,7 +200,8 @@ def _stored_settings(s: GenerateSettings, model_dir: str, split: str, method: st
 
 
 def _check_resume(out: str, stored: dict) -> None:
-    check_same_settings(out, SETTINGS_FILE, stored, "generations", free=("concepts", "out"))
+    added_since = {"select_half": False, "report_half": None}  # generate.json files written before these existed
+    check_same_settings(out, SETTINGS_FILE, stored, "generations", free=("concepts", "out"), defaults=added_since)
 
 
 def _rows_for(concept_id: int, concept: str, sample, runs, s: GenerateSettings, method: str, prompts: dict | None,

@@ -24,13 +24,15 @@ def read_json(path: str | os.PathLike):
             raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
-def check_same_settings(out: str, settings_file: str, stored: dict, what: str, free: Sequence[str] = ()) -> None:
+def check_same_settings(out: str, settings_file: str, stored: dict, what: str, free: Sequence[str] = (),
+                        defaults: dict | None = None) -> None:
     """Refuses to resume into `out` when its `settings_file` (from an earlier run) differs from `stored` in a field
-    outside `free`: cached results made with other settings must never be reused as if they were new."""
+    outside `free`: cached results made with other settings must never be reused as if they were new. A field the
+    earlier file lacks counts as its value in `defaults` (a setting added since, whose default is what ran then)."""
     path = os.path.join(out, settings_file)
     if not os.path.isfile(path):
         return
-    old = read_json(path)
+    old = {**(defaults or {}), **read_json(path)}
     changed = sorted(k for k in set(old) | set(stored) if k not in free and old.get(k) != stored.get(k))
     if changed:
         raise ValueError(f"{out} holds {what} made with other settings ({changed} differ); rerun with the same "
