@@ -148,6 +148,20 @@ def reexec_with_mimalloc(args, argv, script: str) -> None:
                   dict(os.environ, LD_PRELOAD=lib))
 
 
+def start_benchmark(args, argv, script: str):
+    """The prologue of a benchmark comparing with PyTorch: --mimalloc (re-executing `script`), transformers' logging
+    silenced, --cores applied to both frameworks. Returns the clock that --clock names."""
+    reexec_with_mimalloc(args, argv, script)
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    clock = pin_cores(args)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    return clock
+
+
 def pin_cores(args):
     """Applies --cores; returns the clock that --clock names."""
     if args.cores:

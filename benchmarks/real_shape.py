@@ -34,7 +34,7 @@ import types
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import CpuMeter, add_timing_args, append_results, machine, pin_cores, reexec_with_mimalloc  # noqa: E402
+from forward import CpuMeter, add_timing_args, append_results, machine, start_benchmark  # noqa: E402
 from suite import ceilings, train_flops  # noqa: E402
 from train import prosv_jax_step, reference_step  # noqa: E402
 
@@ -222,13 +222,7 @@ def format_table(rows: list[dict]) -> list[str]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    reexec_with_mimalloc(args, argv, __file__)
-    import torch
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    clock = pin_cores(args)
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    clock = start_benchmark(args, argv, __file__)
     info, meter, start = machine(), CpuMeter(), time.perf_counter()
     ceiling = ceilings(False, clock)
     print(f"ceilings: {ceiling['matmul_f32_gflops']:.0f} GFLOP/s float32, {ceiling['matmul_bf16_gflops']:.0f} "

@@ -26,8 +26,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import (CpuMeter, append_results, axbench_like_examples, benchmark_parser, build_checkpoint, machine, pin_cores,  # noqa: E402
-                     reexec_with_mimalloc, use_tiny_shape)
+from forward import (CpuMeter, append_results, axbench_like_examples, benchmark_parser, build_checkpoint, machine,  # noqa: E402
+                     start_benchmark, use_tiny_shape)
 
 
 def parse_args(argv=None):
@@ -174,16 +174,11 @@ def timed(sides: dict, repeats: int, clock=time.perf_counter) -> dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    reexec_with_mimalloc(args, argv, __file__)
+    clock = start_benchmark(args, argv, __file__)
     import jax.numpy as jnp
-    import torch
-    import transformers
 
     from prosv_jax.models.loading import load_model
 
-    transformers.logging.set_verbosity_error()
-    clock = pin_cores(args)
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
     info = machine()
     dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]
     layers = [max(0, min(args.layers - 2, round(f * args.layers) - 1))
