@@ -21,6 +21,7 @@ the head on response tokens), the same number for both sides, so useful GFLOP/s 
     python benchmarks/real_shape.py                                   # both models, both dtypes (~25 min on 2 cores)
     python benchmarks/real_shape.py --models smollm2-135m-instruct --dtype float32
     python benchmarks/real_shape.py --quick                           # smoke run (SmolLM2, batch 2, float32)
+    python benchmarks/real_shape.py --no-reference                    # on a GPU: prosv-jax only, the device's ceilings
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="both")
     p.add_argument("--repeats", type=int, default=2, help="timed cycles per side (the best is reported)")
     add_timing_args(p)
+    p.add_argument("--no-reference", action="store_true",
+                   help="prosv-jax only (on a GPU or TPU, where the PyTorch reference would run on the host's CPU)")
     p.add_argument("--unrolled", action="store_true",
                    help="also time prosv-jax with every block unrolled (model.scan_min_blocks = 0)")
     p.add_argument("--quick", action="store_true", help="smoke run: SmolLM2, batch 2, one batch, float32, L ~ 0.4")
@@ -177,9 +180,10 @@ def model_rows(model_name: str, args, ceiling: dict, clock) -> list[dict]:
         for fraction in map(float, args.layer_fractions.split(",")):
             layer = steered_block(fraction, depth)
             layers[layer] = fraction
-            sides[("reference", layer)] = reference_step(model_dir, dtype, layer, pairs, s.positions,
-                                                         direction_lr=lrs["direction"], factor_lr=lrs["factor"],
-                                                         beta=s.beta)
+            if not args.no_reference:
+                sides[("reference", layer)] = reference_step(model_dir, dtype, layer, pairs, s.positions,
+                                                             direction_lr=lrs["direction"], factor_lr=lrs["factor"],
+                                                             beta=s.beta)
             steering = Steering.single(layer, SteeringVector(beta=s.beta, c=s.c), s.positions)
             sides[("prosv-jax", layer)], setups[layer] = prosv_jax_step(
                 model, steering, dataset, indices, "device", optim=optim, step_config=step_config)
@@ -199,7 +203,8 @@ def model_rows(model_name: str, args, ceiling: dict, clock) -> list[dict]:
                              slots_per_real=costs["slots_prosv-jax" if ours else "slots_reference"],
                              executed_gflops=executed, ceiling_share=executed / ceiling[ceiling_key],
                              useful_gflops=costs["useful"] / sec / 1e9,
-                             vs_reference=seconds[("reference", layer)] / sec if ours else None,
+                             vs_reference=seconds[("reference", layer)] / sec if ours and not args.no_reference
+                             else None,
                              target=TARGETS.get((dtype, layers[layer])) if ours else None))
         del sides, model, unrolled
     return rows
