@@ -185,10 +185,10 @@ def model_rows(model_name: str, args, ceiling: dict, clock) -> list[dict]:
                                                              direction_lr=lrs["direction"], factor_lr=lrs["factor"],
                                                              beta=s.beta)
             steering = Steering.single(layer, SteeringVector(beta=s.beta, c=s.c), s.positions)
-            sides[("prosv-jax", layer)], setups[layer] = prosv_jax_step(
+            sides[("prosv-jax", layer)], setups[("prosv-jax", layer)] = prosv_jax_step(
                 model, steering, dataset, indices, "device", optim=optim, step_config=step_config)
             if unrolled is not None:
-                sides[("prosv-jax unrolled", layer)], _ = prosv_jax_step(
+                sides[("prosv-jax unrolled", layer)], setups[("prosv-jax unrolled", layer)] = prosv_jax_step(
                     unrolled, steering, dataset, indices, "device", optim=optim, step_config=step_config)
         seconds, first = timed_cycles(sides, len(indices), args.repeats, clock)
         for (side, layer), sec in seconds.items():
@@ -198,7 +198,7 @@ def model_rows(model_name: str, args, ceiling: dict, clock) -> list[dict]:
             ceiling_key = "matmul_f32_gflops" if dtype == "float32" else "matmul_bf16_gflops"
             rows.append(dict(model=os.path.basename(model_name.rstrip("/")), depth=depth, dtype=dtype, layer=layer,
                              fraction=layers[layer], side=side, seconds=sec, first_step_s=first[(side, layer)],
-                             prefix_setup_s=setups[layer] if ours else None,
+                             prefix_setup_s=setups.get((side, layer)),
                              tokens_per_s=costs["real_tokens"] / sec,
                              slots_per_real=costs["slots_prosv-jax" if ours else "slots_reference"],
                              executed_gflops=executed, ceiling_share=executed / ceiling[ceiling_key],
@@ -211,16 +211,17 @@ def model_rows(model_name: str, args, ceiling: dict, clock) -> list[dict]:
 
 
 def format_table(rows: list[dict]) -> list[str]:
-    table = ["| model | dtype | block | side | s/step | first step s | real tok/s | slots / real tokens | executed "
-             "GFLOP/s (share of the dtype's ceiling) | useful GFLOP/s | vs reference (target) |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    table = ["| model | dtype | block | side | s/step | first step s | prefix set-up s | real tok/s | slots / real "
+             "tokens | executed GFLOP/s (share of the dtype's ceiling) | useful GFLOP/s | vs reference (target) |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ratio = "" if r["vs_reference"] is None else (
             f"{r['vs_reference']:.2f}x" + (f" ({r['target']}x)" if r["target"] else ""))
+        setup = "" if r["prefix_setup_s"] is None else f"{r['prefix_setup_s']:.1f}"
         share = f"{r['executed_gflops']:.0f} ({100 * r['ceiling_share']:.0f}%"
         share += f", target {100 * CEILING_TARGETS[r['dtype']]:.0f}%)" if r["side"] != "reference" else ")"
         table.append(f"| {r['model']} | {r['dtype']} | {r['layer']} of {r['depth']} | {r['side']} | "
-                     f"{r['seconds']:.2f} | {r['first_step_s']:.1f} | {r['tokens_per_s']:.0f} | "
+                     f"{r['seconds']:.2f} | {r['first_step_s']:.1f} | {setup} | {r['tokens_per_s']:.0f} | "
                      f"{r['slots_per_real']:.2f} | {share} | {r['useful_gflops']:.0f} | {ratio} |")
     return table
 

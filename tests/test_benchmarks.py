@@ -86,8 +86,9 @@ def test_real_shape_benchmark_times_both_sides_on_real_data(real_models_cache, m
     rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
             if line.startswith("| smollm2-135m-instruct | float32 | 12 of 30 |")]
     assert [row[3].strip() for row in rows] == ["reference", "prosv-jax"]
-    assert all(float(row[7]) >= 1.0 for row in rows)  # token slots per real token
-    assert float(rows[1][10].split("x")[0]) > 0  # the speed-up column parses
+    assert all(float(row[8]) >= 1.0 for row in rows)  # token slots per real token
+    assert float(rows[1][11].split("x")[0]) > 0  # the speed-up column parses
+    assert rows[0][6].strip() == "" and float(rows[1][6]) > 0  # the prefix set-up is prosv-jax's alone
 
 
 def test_steered_block_stays_inside_the_model():
