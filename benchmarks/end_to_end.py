@@ -200,7 +200,7 @@ def main(argv=None) -> None:
              f"{jax_all['seconds'] / len(concepts):.0f} | {jax_all['peak_gib']:.2f} |",
              f"| prosv-jax axbench train | 1 | {jax_one['seconds']:.0f} | {jax_one['seconds']:.0f} | "
              f"{jax_one['peak_gib']:.2f} |", "",
-             f"speed-up {speedup:.2f}x (target {SPEEDUP_TARGET}x); prosv-jax peak memory, {len(concepts)} concepts "
+             f"speed-up {speedup:.2f}x (target {SPEEDUP_TARGET}x); prosv-jax peak memory, {len(concepts)} concept(s) "
              f"against 1: {memory:.2f}x (target at most {MEMORY_TARGET}x)"]
     load = f"other processes used {meter.foreign_cores():.2f} of {os.cpu_count()} cores on average during the run"
     print("\n".join(table) + f"\n{load}")

@@ -115,4 +115,4 @@ def test_end_to_end_benchmark_runs_both_sides_as_processes(real_models_cache, mo
     for cells in rows.values():
         if cells[0].strip().isdigit():
             assert float(cells[1]) > 0 and float(cells[3]) > 0.1  # seconds, peak GiB
-    assert "speed-up" in out and "peak memory, 1 concepts against 1" in out
+    assert "speed-up" in out and "peak memory, 1 concept(s) against 1" in out
