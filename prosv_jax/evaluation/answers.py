@@ -200,8 +200,9 @@ def _stored_settings(s: GenerateSettings, model_dir: str, split: str, method: st
 
 
 def _check_resume(out: str, stored: dict) -> None:
-    added_since = {"select_half": False, "report_half": None}  # generate.json files written before these existed
-    check_same_settings(out, SETTINGS_FILE, stored, "generations", free=("concepts", "out"), defaults=added_since)
+    # A generate.json written before a setting existed lacks it: it ran with that setting's default.
+    defaults = {f.name: f.default for f in dataclasses.fields(GenerateSettings) if f.default is not dataclasses.MISSING}
+    check_same_settings(out, SETTINGS_FILE, stored, "generations", free=("concepts", "out"), defaults=defaults)
 
 
 def _rows_for(concept_id: int, concept: str, sample, runs, s: GenerateSettings, method: str, prompts: dict | None,
