@@ -3,6 +3,7 @@ a sweep resumes without redoing finished groups, and the SGD option of the optim
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -11,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prosv_jax.scaling import analysis
+from prosv_jax.scaling import analysis, planted
+from prosv_jax.scaling import sweep as sweep_lib
 from prosv_jax.scaling.planted import make_planted_task, random_llama, run_metrics, train_students
 from prosv_jax.scaling.sweep import Arm, Family, SweepSpec, TaskSpec, run_sweep
 from prosv_jax.training import trainer as trainer_lib
@@ -180,3 +182,74 @@ def test_sgd_is_plain_gradient_descent_with_the_recipe_s_clipping_and_schedule()
     adam = make_optimizer(OptimConfig(), labels, total_steps=4)
     adam_updates, _ = adam.update(grads, adam.init(params), params)
     assert float(adam_updates["s"]["alpha"]) == pytest.approx(1.0, rel=1e-4)  # Adam's first step: sign(g)
+
+
+# --- refining grids, scaled data, the baselines' variants ---------------------------------------------------------
+
+def test_factor_selection_rescales_a_weakened_teacher_back_to_the_teacher(task):
+    steering, params = task.teacher()
+    site = steering.sites[0].name
+    half = {site: {**params[site], "alpha": params[site]["alpha"] / 2}}
+    factor, kls = planted.select_factor(task, steering, half, (0.5, 1.0, 2.0, 4.0))
+    assert factor == 2.0 and kls[2] < 1e-6 < kls[1]  # x2 is the teacher itself: KL 0 on the selection prompts
+
+
+def scaled_spec(arms) -> SweepSpec:
+    return SweepSpec(widths=(32, 64), arms=arms, family=Family(depth=2, vocab=64, layer=0), runs_per_program=3,
+                     task=TaskSpec(prompt_len=3, response_len=4, n_train=16, n_eval=8), epochs=1, batch_size=4,
+                     data_exponent=1.0, data_ref_width=32)
+
+
+def test_a_refining_arm_centres_its_fine_grid_on_the_coarse_optimum_and_keeps_it_on_resume(tmp_path, monkeypatch):
+    optims = {}
+    original = trainer_lib.Trainer.__init__
+
+    def spy(self, model, steering, datasets, out_dir, optim, *args, **kwargs):
+        optims[os.path.basename(out_dir)] = optim
+        original(self, model, steering, datasets, out_dir, optim, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_lib.Trainer, "__init__", spy)
+    monkeypatch.setattr(sweep_lib, "Trainer", trainer_lib.Trainer)
+    arms = (Arm("v", direction_lrs=(0.003, 0.03, 0.3, 3.0), factor_lrs=(1.0,)),
+            Arm("v_fine", refine="v", refine_multipliers=(0.5, 1.0, 2.0), factor_lrs=(1.0,), seeds=(0, 1)),
+            Arm("tied", tied_lrs=True, direction_lrs=(0.05,)),
+            Arm("sgd_noclip", optimizer="sgd", clip_norm=None, factor_lrs=(1.0,), direction_lrs=(0.1,)),
+            Arm("frozen", train_factor=False, alpha0s=(1.0,), direction_lrs=(0.1,), factor_search=(0.5, 1.0, 2.0)))
+    out = str(tmp_path / "sweep")
+    table, info = run_sweep(scaled_spec(arms), out, log=lambda m: None)
+
+    for width, part in table.groupby("width"):
+        coarse = part[part["arm"] == "v"].set_index("direction_lr")["eval_kl"]
+        fine = part[part["arm"] == "v_fine"]
+        best = coarse.idxmin()  # one seed: its KL is the mean
+        np.testing.assert_allclose(sorted(fine["direction_lr"].unique()), [best / 2, best, best * 2], rtol=1e-9)
+        assert len(fine) == 6 and (fine["refines"] == "v").all()
+        # Data grows with width (batch 4 -> 8), steps per epoch stay 4.
+        assert set(part["batch_size"]) == {4 * width // 32} and set(part["n_train"]) == {16 * width // 32}
+    assert (table.loc[table["arm"] == "tied", "factor_lr"] == table.loc[table["arm"] == "tied", "direction_lr"]).all()
+    assert optims["sgd_noclip"].clip_norm is None and optims["sgd_noclip"].optimizer == "sgd"
+    assert optims["v"].clip_norm == 1.0
+    frozen = table[table["arm"] == "frozen"]
+    assert frozen["search_factor"].isin([0.5, 1.0, 2.0]).all()
+    np.testing.assert_allclose(frozen["alpha"], frozen["search_factor"], rtol=1e-6)  # alpha_0 = 1, frozen, rescaled
+
+    # Resume: the fine grid is read back from grid.json (chosen once), and nothing trains again.
+    grid_path = os.path.join(out, "n32", "v_fine", "grid.json")
+    with open(grid_path) as f:
+        stored = json.load(f)
+    assert stored["refines"] == "v" and len(stored["lrs"]) == 3
+    again, info = run_sweep(scaled_spec(arms), out, log=lambda m: None)
+    assert info["groups_trained"] == 0 and again.equals(table)
+
+
+def test_a_refining_arm_must_follow_its_coarse_arm_and_match_a_slice_of_it():
+    with pytest.raises(ValueError, match="not an earlier arm"):
+        scaled_spec((Arm("fine", refine="v", refine_multipliers=(1.0,)), Arm("v")))
+    with pytest.raises(ValueError, match="one init"):
+        Arm("fine", refine="v", refine_multipliers=(1.0,), betas=(1.0, 4.0))
+    with pytest.raises(ValueError, match="train_factor=False"):
+        Arm("searched", factor_search=(1.0, 2.0))
+    coarse = sweep_lib.arm_runs(Arm("v", betas=(1.0,), direction_lrs=(0.1, 1.0)), 32)
+    rows = [{**row, "eval_kl": 0.1, "diverged": False, "eval_plain_kl": 1.0} for _, row in coarse]
+    with pytest.raises(ValueError, match="no run of v has beta=4"):
+        sweep_lib.refined_grid(Arm("fine", refine="v", refine_multipliers=(1.0,), betas=(4.0,)), rows, 32)

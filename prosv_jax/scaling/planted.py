@@ -43,7 +43,7 @@ from prosv_jax.training.step import StepConfig
 from prosv_jax.training.trainer import RunSpec, TrainConfig, Trainer
 
 __all__ = ["PlantedTask", "StudentMetrics", "curve", "make_planted_task", "random_llama", "run_metrics",
-           "steps_to_threshold", "train_students"]
+           "select_factor", "steps_to_threshold", "train_students"]
 
 
 # --- a random-weight model family -----------------------------------------------------------------------------
@@ -108,6 +108,7 @@ class PlantedTask:
     eval_batch: TrainBatch
     floor: float
     stats: dict
+    _select: tuple | None = None  # (batch, teacher log-probs) of the training prompts factor selection uses
 
     @property
     def width(self) -> int:
@@ -266,6 +267,26 @@ def score_student(task: PlantedTask, steering: Steering, params: SteeringParams)
                           edit_norm_star=abs(task.alpha_star) * float(np.linalg.norm(task.v_star)))
 
 
+def select_factor(task: PlantedTask, steering: Steering, params: SteeringParams, factors: Sequence[float]
+                  ) -> tuple[float, list[float]]:
+    """AxBench's post-hoc factor selection: the factor (scaling the learned alpha) whose edit has the lowest KL to
+    the teacher on training prompts (the first n_eval of them; the evaluation's prompts stay unseen). Returns
+    (factor, KL per factor)."""
+    if task._select is None:
+        examples = task.train_examples[:len(task.eval_batch.tokens)]
+        batch = make_batch(examples, max_response=task.stats["response_len"])
+        teacher, params_star = task.teacher()
+        task._select = (batch, response_distributions(task.model, teacher, params_star, batch))
+    batch, teacher_lp = task._select
+    site = steering.sites[0].name
+    kls = []
+    for factor in factors:
+        scaled = {**params, site: {**params[site], "alpha": params[site]["alpha"] * factor}}
+        kls.append(_token_stats(teacher_lp, response_distributions(task.model, steering, scaled, batch), batch)["kl"])
+    best = int(np.nanargmin(np.where(np.isfinite(kls), kls, np.inf)))
+    return float(factors[best]), [float(k) for k in kls]
+
+
 def curve(metrics_path: str, run: str) -> dict[str, np.ndarray]:
     """One run's per-step metrics from a group's metrics JSONL: {"step", "loss", "alive", ...} as arrays."""
     rows = []
@@ -304,8 +325,12 @@ def train_students(task: PlantedTask, runs: Sequence[RunSpec], out_dir: str, *, 
 
 
 def run_metrics(task: PlantedTask, out_dir: str, summaries: dict[str, dict], run_order: Sequence[str], *,
-                runs_per_program: int, window: int, threshold_fraction: float = 0.25) -> dict[str, dict]:
+                runs_per_program: int, window: int, threshold_fraction: float = 0.25,
+                factor_search: Sequence[float] = ()) -> dict[str, dict]:
     """Per-run planted metrics of a finished Trainer directory (`run_order`: the runs in the order trained).
+
+    With `factor_search`, each run's edit is first scaled by the factor `select_factor` picks (the learned
+    edit's KL and cos are kept as eval_kl_learned and cos_edit_learned).
 
     The loss threshold is floor + threshold_fraction * (plain-model loss - floor); the smoothed final loss and
     the steps to reach the threshold use a running mean of the batch losses over `window` steps (e.g. an
@@ -322,9 +347,17 @@ def run_metrics(task: PlantedTask, out_dir: str, summaries: dict[str, dict], run
         loss = np.where(alive, loss, np.nan)
         tail = loss[-window:]
         steering, params, _ = load_steering(summary["steering"], task.model.cfg)
+        searched = {}
+        if factor_search:
+            learned = dataclasses.asdict(score_student(task, steering, params))
+            factor, kls = select_factor(task, steering, params, factor_search)
+            site = steering.sites[0].name
+            params = {**params, site: {**params[site], "alpha": params[site]["alpha"] * factor}}
+            searched = {"search_factor": factor, "eval_kl_learned": learned["eval_kl"],
+                        "cos_edit_learned": learned["cos_edit"], "select_kl": min(kls)}
         scored = score_student(task, steering, params)
         out[name] = {
-            **dataclasses.asdict(scored),
+            **dataclasses.asdict(scored), **searched,
             "final_loss": summary["final_loss"], "best_loss": summary["best_loss"],
             "final_loss_smooth": float(np.nanmean(tail)) if np.isfinite(tail).any() else float("nan"),
             "diverged": summary["diverged"], "steps": summary["steps"], "floor": task.floor,

@@ -28,6 +28,7 @@ import os
 import time
 from typing import Callable, Sequence
 
+import jax
 import numpy as np
 
 from prosv_jax.files import write_json
@@ -64,13 +65,26 @@ class TaskSpec:
     task_seed: int = 0
 
 
+AXES = ("factor", "direction")
+
+
 @dataclasses.dataclass(frozen=True)
 class Arm:
-    """One variant (optimiser, trainable factor) and its grid; every tuple is an axis of a cartesian product."""
+    """One variant (optimiser, clipping, trainable factor) and its grid; every tuple is an axis of a cartesian
+    product.
+
+    A refining arm (`refine` = an earlier arm's name) sweeps one learning rate (`refine_axis`) over
+    `refine_multipliers` x the best grid value of that earlier arm at the same width (the earlier arm's rows with
+    this arm's init, c and other learning rate), so a coarse grid finds the optimum and a fine one locates it.
+    `factor_search`: the learned edit is also scaled by each of these factors after training, and the factor with
+    the lowest KL on training prompts is kept (AxBench's post-hoc factor selection, for the fixed-factor SV).
+    """
 
     name: str
     optimizer: str = "adam"
     train_factor: bool = True
+    clip_norm: float | None = 1.0  # the recipe's clipping of the direction's gradient norm; None: no clipping
+    tied_lrs: bool = False  # one learning rate for both groups (no parameter grouping): factor lr = direction lr
     betas: tuple[float, ...] = (1.0,)
     alpha0s: tuple[float, ...] = ()  # when given: alpha_0 itself, beta = alpha0 / sqrt(n) (replaces betas)
     factor_lrs: tuple[float, ...] = (1.0,)
@@ -79,17 +93,42 @@ class Arm:
     direction_lrs: tuple[float, ...] = (0.04,)
     direction_lr_exponent: float | None = None
     seeds: tuple[int, ...] = (0,)
+    refine: str = ""
+    refine_axis: str = "direction"
+    refine_multipliers: tuple[float, ...] = ()
+    factor_search: tuple[float, ...] = ()
 
     def __post_init__(self):
-        for axis in ("betas", "alpha0s", "factor_lrs", "cs", "direction_lrs", "seeds"):
+        for axis in ("betas", "alpha0s", "factor_lrs", "cs", "direction_lrs", "seeds", "refine_multipliers",
+                     "factor_search"):
             object.__setattr__(self, axis, tuple(getattr(self, axis)))
         if not self.name or "/" in self.name:
             raise ValueError(f"arm name must be a non-empty folder name, got {self.name!r}")
+        if self.refine_axis not in AXES:
+            raise ValueError(f"arm {self.name}: refine_axis must be one of {AXES}, got {self.refine_axis!r}")
+        if bool(self.refine) != bool(self.refine_multipliers):
+            raise ValueError(f"arm {self.name}: a refining arm needs both `refine` (the coarse arm's name) and "
+                             "`refine_multipliers` (the fine grid around its best value)")
+        if self.tied_lrs and (len(self.factor_lrs) != 1 or self.refine_axis != "direction"):
+            raise ValueError(f"arm {self.name}: with tied_lrs the one learning rate is swept as direction_lrs "
+                             "(leave factor_lrs and refine_axis at their defaults)")
+        if self.refine and (len(self.alpha0s or self.betas) != 1 or len(self.cs) != 1 or len(self.swept(
+                "factor" if self.refine_axis == "direction" else "direction")) != 1):
+            raise ValueError(f"arm {self.name}: a refining arm sweeps only {self.refine_axis}_lrs; give it one "
+                             "init, one c and one value of the other learning rate")
+        if self.factor_search and self.train_factor:
+            raise ValueError(f"arm {self.name}: factor_search is the post-hoc factor selection of a frozen factor; "
+                             "set train_factor=False")
+
+    def swept(self, axis: str) -> tuple[float, ...]:
+        return self.factor_lrs if axis == "factor" else self.direction_lrs
 
     @property
     def size(self) -> int:
         inits = len(self.alpha0s) if self.alpha0s else len(self.betas)
-        return inits * len(self.factor_lrs) * len(self.cs) * len(self.direction_lrs) * len(self.seeds)
+        swept = {axis: len(self.refine_multipliers) if self.refine and axis == self.refine_axis
+                 else len(self.swept(axis)) for axis in AXES}
+        return inits * swept["factor"] * len(self.cs) * swept["direction"] * len(self.seeds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +143,11 @@ class SweepSpec:
     lr_ref_width: int = 256
     blowup_factor: float = 10.0  # a run whose |alpha v| passes blowup_factor * |alpha* v*| is flagged diverged
     threshold_fraction: float = 0.25  # loss threshold = floor + fraction * (plain loss - floor)
+    # Data grows with width: batch and training set x (n / data_ref_width)^data_exponent, steps per epoch fixed.
+    # 1 keeps the gradient's signal-to-noise ratio per step the same at every width (the noise of an n-dimensional
+    # gradient estimate grows like n / batch); 0 is the fixed-data sweep.
+    data_exponent: float = 0.0
+    data_ref_width: int = 64
 
     def __post_init__(self):
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -111,6 +155,18 @@ class SweepSpec:
         names = [a.name for a in self.arms]
         if len(set(names)) != len(names):
             raise ValueError(f"arm names must be unique, got {names}")
+        for i, arm in enumerate(self.arms):
+            if arm.refine and arm.refine not in names[:i]:
+                raise ValueError(f"arm {arm.name} refines {arm.refine!r}, which is not an earlier arm of the "
+                                 f"sweep (arms in order: {names})")
+
+    def batch_at(self, width: int) -> int:
+        """The batch size at `width` (see data_exponent)."""
+        return max(1, round(self.batch_size * (width / self.data_ref_width) ** self.data_exponent))
+
+    def n_train_at(self, width: int) -> int:
+        """The training set size at `width`: the same number of steps per epoch as at data_ref_width."""
+        return max(1, round(self.task.n_train * self.batch_at(width) / self.batch_size))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -126,26 +182,61 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def arm_runs(arm: Arm, width: int, lr_ref_width: int = 256) -> list[tuple[RunSpec, dict]]:
-    """(RunSpec, hyperparameter row) for every point of the arm's grid at `width`, in a fixed order."""
+def arm_runs(arm: Arm, width: int, lr_ref_width: int = 256, refined: Sequence[float] = ()
+             ) -> list[tuple[RunSpec, dict]]:
+    """(RunSpec, hyperparameter row) for every point of the arm's grid at `width`, in a fixed order.
+
+    `refined`: a refining arm's absolute learning rates on its `refine_axis` at this width (see `refined_grid`).
+    """
+    if arm.refine and not refined:
+        raise ValueError(f"arm {arm.name} refines {arm.refine}: pass its grid at width {width} (refined_grid)")
     inits = [("alpha0", a) for a in arm.alpha0s] if arm.alpha0s else [("beta", b) for b in arm.betas]
+    exponents = {"factor": arm.factor_lr_exponent, "direction": arm.direction_lr_exponent}
+    bases = {axis: arm.swept(axis) for axis in AXES}
+    if arm.refine:
+        bases[arm.refine_axis], exponents[arm.refine_axis] = tuple(refined), None  # absolute at this width
     out = []
-    for (init_kind, init), fa, c, dv, seed in itertools.product(inits, arm.factor_lrs, arm.cs, arm.direction_lrs,
+    for (init_kind, init), fa, c, dv, seed in itertools.product(inits, bases["factor"], arm.cs, bases["direction"],
                                                                 arm.seeds):
         beta = init / math.sqrt(width) if init_kind == "alpha0" else init
-        factor_lr = width_scaled(fa, arm.factor_lr_exponent, width, lr_ref_width)
-        direction_lr = width_scaled(dv, arm.direction_lr_exponent, width, lr_ref_width)
+        direction_lr = width_scaled(dv, exponents["direction"], width, lr_ref_width)
+        factor_lr = direction_lr if arm.tied_lrs else width_scaled(fa, exponents["factor"], width, lr_ref_width)
         name = (f"{arm.name}-n{width}-{'a0' if init_kind == 'alpha0' else 'b'}{_fmt(init)}-fa{_fmt(fa)}-c{_fmt(c)}"
                 f"-dv{_fmt(dv)}-s{seed}")
         run = RunSpec(name, seed=seed, init=(("beta", beta), ("c", c)),
                       lrs=(("factor", factor_lr), ("direction", direction_lr)))
         row = {"arm": arm.name, "width": width, "optimizer": arm.optimizer, "train_factor": arm.train_factor,
+               "clip_norm": arm.clip_norm, "tied_lrs": arm.tied_lrs, "refines": arm.refine or None,
                "beta": beta, "alpha0": beta * math.sqrt(width), "c": c, "factor_lr": factor_lr,
                "direction_lr": direction_lr, "factor_lr_base": fa, "direction_lr_base": dv,
-               "factor_lr_exponent": arm.factor_lr_exponent, "direction_lr_exponent": arm.direction_lr_exponent,
+               "factor_lr_exponent": exponents["factor"], "direction_lr_exponent": exponents["direction"],
                "lr_product": factor_lr * direction_lr, "seed": seed, "run": name}
         out.append((run, row))
     return out
+
+
+def refined_grid(arm: Arm, coarse_rows: Sequence[dict], width: int, lr_ref_width: int = 256) -> list[float]:
+    """A refining arm's learning rates at `width`: its multipliers x the best value of its `refine_axis` among
+    the coarse arm's rows that share this arm's init, c and other learning rate (mean log10 KL over seeds;
+    a diverged run scores as no steering)."""
+    import pandas as pd
+
+    from prosv_jax.scaling.analysis import score
+
+    axis = f"{arm.refine_axis}_lr"
+    probe = arm_runs(dataclasses.replace(arm, refine="", refine_multipliers=()), width, lr_ref_width)[0][1]
+    table = pd.DataFrame(list(coarse_rows))
+    match = np.ones(len(table), bool)
+    for column in ("beta", "c") + (() if arm.tied_lrs else tuple(f"{a}_lr" for a in AXES if a != arm.refine_axis)):
+        match &= np.isclose(table[column].to_numpy(np.float64), probe[column], rtol=1e-9)
+    part = table[match]
+    if not len(part):
+        raise ValueError(f"arm {arm.name} refines {arm.refine} at width {width}, but no run of {arm.refine} has "
+                         f"beta={probe['beta']:g}, c={probe['c']:g} and this arm's other learning rate: give the "
+                         "refining arm a slice of the coarse arm's grid")
+    means = part.assign(_log=np.log10(np.maximum(score(part), 1e-12))).groupby(axis)["_log"].mean()
+    best = float(means.idxmin())
+    return [best * m for m in arm.refine_multipliers]
 
 
 def group_size(count: int, most: int) -> int:
@@ -170,11 +261,12 @@ def _check_spec(out_dir: str, spec: SweepSpec) -> None:
     if os.path.isfile(path):
         with open(path) as f:
             stored = json.load(f)
-        if stored != data:
+        # Read back through the dataclasses: a field added since the folder was made takes its default.
+        if json.loads(json.dumps(spec_from_dict(stored).to_dict())) != data:
             raise ValueError(f"{out_dir} holds a sweep with another spec; finished groups would be matched to the "
                              "wrong runs. Use a new folder (or delete this one) for a changed grid.")
     else:
-        write_json(path, data)
+        _write_main(path, data)
 
 
 COLUMNS_FIRST = ("arm", "width", "optimizer", "train_factor", "beta", "alpha0", "c", "factor_lr", "direction_lr",
@@ -212,31 +304,28 @@ def run_sweep(spec: SweepSpec, out_dir: str, *, progress: bool = False, log: Cal
 def _sweep_width(spec: SweepSpec, width: int, out_dir: str, progress: bool, log, info) -> list[dict]:
     width_dir = os.path.join(out_dir, f"n{width}")
     os.makedirs(width_dir, exist_ok=True)
-    plans = []
+    task_stats = _read_json(os.path.join(width_dir, "task.json"))
+    task = None
+    rows, rows_by_arm = [], {}
     for arm in spec.arms:
-        runs = arm_runs(arm, width, spec.lr_ref_width)
-        per_program = group_size(len(runs), spec.runs_per_program)
         arm_dir = os.path.join(width_dir, arm.name)
+        refined = _refined(spec, arm, rows_by_arm, width, arm_dir) if arm.refine else ()
+        runs = arm_runs(arm, width, spec.lr_ref_width, refined)
+        per_program = group_size(len(runs), spec.runs_per_program)
         done = _groups_done(arm_dir, len(runs), per_program)
         cached = _read_json(os.path.join(arm_dir, "planted_metrics.json")) or {}
-        plans.append((arm, runs, per_program, arm_dir, done, cached))
         info["groups_total"] += len(done)
-    task_stats = _read_json(os.path.join(width_dir, "task.json"))
-    need_model = task_stats is None or any(
-        not all(done) or any(r.name not in cached for r, _ in runs) for _, runs, _, _, done, cached in plans)
-    task = None
-    if need_model:
-        task = _build_task(spec, width)
-        task_stats = {**task.stats, "floor": task.floor}
-        write_json(os.path.join(width_dir, "task.json"), task_stats)
-    rows = []
-    for arm, runs, per_program, arm_dir, done, cached in plans:
-        if not all(done) or any(r.name not in cached for r, _ in runs):
+        if not all(done) or task_stats is None or any(r.name not in cached for r, _ in runs):
+            if task is None:
+                task = _build_task(spec, width)
+                task_stats = {**task.stats, "floor": task.floor}
+                _write_main(os.path.join(width_dir, "task.json"), task_stats)
             info["groups_trained"] += sum(not d for d in done)
             if not all(done):
                 log(f"width {width} arm {arm.name}: training {sum(not d for d in done)} of {len(done)} group(s) "
                     f"of {per_program} run(s)")
             cached = _train_and_score(spec, task, arm, runs, per_program, arm_dir, progress)
+        arm_rows = []
         for run, hyper in runs:
             metrics = dict(cached[run.name])
             for key in ("curve", "steering"):
@@ -245,17 +334,32 @@ def _sweep_width(spec: SweepSpec, width: int, out_dir: str, progress: bool, log,
             # Diverged (the Trainer's flag): non-finite, or |alpha v| went past blowup_factor * |alpha* v*|.
             metrics["diverged"] = bool(metrics["diverged"]) or not np.isfinite(metrics["eval_kl"])
             metrics["worse_than_plain"] = bool(not metrics["eval_kl"] <= plain_kl)  # no better than no steering
-            rows.append({**hyper, **_family_columns(spec), "floor": task_stats["floor"],
-                         "plain_nll": task_stats["plain_nll"], "eval_plain_kl": plain_kl,
-                         "eval_teacher_entropy": task_stats["eval_teacher_entropy"], **metrics})
+            arm_rows.append({**hyper, **_family_columns(spec, width), "floor": task_stats["floor"],
+                             "plain_nll": task_stats["plain_nll"], "eval_plain_kl": plain_kl,
+                             "eval_teacher_entropy": task_stats["eval_teacher_entropy"], **metrics})
+        rows_by_arm[arm.name] = arm_rows
+        rows.extend(arm_rows)
     return rows
 
 
-def _family_columns(spec: SweepSpec) -> dict:
+def _refined(spec: SweepSpec, arm: Arm, rows_by_arm: dict, width: int, arm_dir: str) -> list[float]:
+    """A refining arm's grid at `width`: read from its grid.json once chosen (so a resumed sweep trains the same
+    runs), else chosen from the coarse arm's results and written there."""
+    path = os.path.join(arm_dir, "grid.json")
+    stored = _read_json(path)
+    if stored is not None:
+        return stored["lrs"]
+    lrs = refined_grid(arm, rows_by_arm[arm.refine], width, spec.lr_ref_width)
+    _write_main(path, {"refines": arm.refine, "axis": arm.refine_axis, "best": lrs[arm.refine_multipliers.index(1.0)]
+                       if 1.0 in arm.refine_multipliers else None, "lrs": lrs})
+    return lrs
+
+
+def _family_columns(spec: SweepSpec, width: int) -> dict:
     f, t = spec.family, spec.task
     return {"depth": f.depth, "head_dim": f.head_dim, "vocab": f.vocab, "ffn_mult": f.ffn_mult, "layer": f.layer,
-            "positions": t.positions, "strength": t.strength, "epochs": spec.epochs, "batch_size": spec.batch_size,
-            "n_train": t.n_train}
+            "positions": t.positions, "strength": t.strength, "epochs": spec.epochs,
+            "batch_size": spec.batch_at(width), "n_train": spec.n_train_at(width)}
 
 
 def _build_task(spec: SweepSpec, width: int):
@@ -264,28 +368,44 @@ def _build_task(spec: SweepSpec, width: int):
     f, t = spec.family, spec.task
     model = random_llama(width, depth=f.depth, head_dim=f.head_dim, vocab=f.vocab, ffn_mult=f.ffn_mult,
                          seed=f.model_seed, logit_scale=f.logit_scale)
-    return make_planted_task(model, layer=f.layer, positions=t.positions, strength=t.strength, n_train=t.n_train,
-                             n_eval=t.n_eval, prompt_len=t.prompt_len, response_len=t.response_len,
-                             seed=t.task_seed)
+    return make_planted_task(model, layer=f.layer, positions=t.positions, strength=t.strength,
+                             n_train=spec.n_train_at(width), n_eval=t.n_eval, prompt_len=t.prompt_len,
+                             response_len=t.response_len, seed=t.task_seed)
 
 
 def _train_and_score(spec: SweepSpec, task, arm: Arm, runs, per_program: int, arm_dir: str, progress: bool) -> dict:
     from prosv_jax.scaling.planted import run_metrics
 
     steering = task.student_steering(train_factor=arm.train_factor)
-    optim = OptimConfig(optimizer=arm.optimizer)  # the learning rates come per run
+    optim = OptimConfig(optimizer=arm.optimizer, clip_norm=arm.clip_norm)  # the learning rates come per run
     step_config = StepConfig(objective="lang", blowup_edit_norm=spec.blowup_factor * task.alpha_star)
-    train = TrainConfig(epochs=spec.epochs, batch_size=spec.batch_size, runs_per_program=per_program,
-                        progress=progress)
+    batch = spec.batch_at(task.width)
+    train = TrainConfig(epochs=spec.epochs, batch_size=batch, runs_per_program=per_program, progress=progress)
     trainer = Trainer(task.model, steering, {"default": task.train}, arm_dir, optim, step_config, train,
                       metadata={"arm": arm.name, "width": task.width})
     summaries = trainer.train([r for r, _ in runs])
-    steps_per_epoch = -(-len(task.train) // spec.batch_size)
-    scored = run_metrics(task, arm_dir, summaries, [r.name for r, _ in runs], runs_per_program=per_program,
-                         window=min(steps_per_epoch, 16), threshold_fraction=spec.threshold_fraction)
+    steps_per_epoch = -(-len(task.train) // batch)
     path = os.path.join(arm_dir, "planted_metrics.json")
-    write_json(path, scored, indent=1, default=_json_default)
+    if jax.process_index() == 0:  # one process scores and writes; the others read what it wrote
+        scored = run_metrics(task, arm_dir, summaries, [r.name for r, _ in runs], runs_per_program=per_program,
+                             window=min(steps_per_epoch, 16), threshold_fraction=spec.threshold_fraction,
+                             factor_search=arm.factor_search)
+        write_json(path, scored, indent=1, default=_json_default)
+    _wait_for_main(f"scored-n{task.width}-{arm.name}")
     return _read_json(path)  # exactly what a resumed sweep reads
+
+
+def _write_main(path: str, data) -> None:
+    """Written by process 0 only (the output folder is shared); every process goes on with the same `data`."""
+    if jax.process_index() == 0:
+        write_json(path, data)
+
+
+def _wait_for_main(name: str) -> None:
+    if jax.process_count() > 1:
+        from prosv_jax import distributed
+
+        distributed.barrier(f"prosv-jax-sweep-{name}")
 
 
 def _json_default(x):
