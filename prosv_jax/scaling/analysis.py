@@ -4,25 +4,29 @@ stability edge, heatmaps, and the baselines (method.md section 2 predicts eta_al
 The score of a run is its final metric (default: eval KL to the teacher, lower is better); a diverged run scores
 at least the unsteered model's KL (it did no better than no steering). Scores are averaged over seeds in log10.
 
-Optimum of a 1-D learning-rate sweep: the best grid point, refined by the vertex of the parabola through it and
-its two neighbours in log-lr (kept within those neighbours); at a grid end it is the end point, flagged
-`at_edge` (the true optimum may lie outside the grid). Exponent: OLS of log10(lr*) on log10(n) with a t-interval,
-and a bootstrap over seeds (resample seeds with replacement within each width, refit) for a percentile interval.
+The deciding fit (`vertex_fit`, `fit_power_weighted`, `verdict`): per width, a parabola in log-lr fitted by least
+squares to every run near the best grid value (all seeds), its vertex with a delta-method error that counts both
+the seed scatter and the grid; then a weighted fit of log10(lr*) on log10(n) whose interval also grows with any
+excess scatter (Birge ratio), and a verdict per prediction: consistent, excluded, or undecided at this precision.
+
+Kept for comparison with the 4-width sweep: the vertex of the 3-point parabola through the best grid point and its
+neighbours (`optimum_1d`; at a grid end the end point, flagged `at_edge`), an OLS fit with a t-interval, and a
+bootstrap over seeds (resample seeds within each width, refit) that sees the seed noise only.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from prosv_jax.files import write_json
 
-__all__ = ["bootstrap_exponent", "exponent_table", "fit_power", "make_figures", "optimal_lrs", "optimum_1d",
-           "plot_baselines", "plot_exponents", "plot_heatmaps", "plot_lr_curves", "plot_transfer", "score",
-           "stability_edge", "transfer_table"]
+__all__ = ["bootstrap_exponent", "exponent_table", "fit_power", "fit_power_weighted", "make_figures", "optimal_lrs",
+           "optimum_1d", "plateau_edges", "plot_baselines", "plot_exponents", "plot_heatmaps", "plot_lr_curves",
+           "plot_transfer", "score", "stability_edge", "transfer_table", "verdict", "vertex_fit", "vertex_optima"]
 
 SYMBOL = {"factor_lr": "eta_alpha", "direction_lr": "eta_v"}
 
@@ -61,12 +65,7 @@ def optimum_1d(lrs: Sequence[float], values: Sequence[float], method: str = "par
     i = int(np.nanargmin(np.where(ok, values, np.inf)))
     last = len(lrs) - 1
     if method == "plateau":
-        near = ok & (values <= values[i] + tol)
-        lo, hi = i, i
-        while lo > 0 and near[lo - 1]:
-            lo -= 1
-        while hi < last and near[hi + 1]:
-            hi += 1
+        lo, hi = _plateau_span(values, tol)
         return float(np.sqrt(lrs[lo] * lrs[hi])), lo == 0 or hi == last
     if method != "parabola":
         raise ValueError(f"method must be 'parabola' or 'plateau', got {method!r}")
@@ -143,6 +142,149 @@ def bootstrap_exponent(table, lr_col: str, metric: str = "eval_kl", n_boot: int 
             "seeds_per_width": int(min(cells[w][1].shape[0] for w in widths))}
 
 
+# --- optima with intervals that count the grid and the seeds --------------------------------------------------
+
+def vertex_fit(lrs: Sequence[float], log_scores: Sequence[float], window: float = math.log10(2) + 1e-9,
+               min_points: int = 4) -> dict:
+    """The optimum of a learning-rate sweep and its standard error, from every run (all seeds) near the best.
+
+    Least squares of log10 score on a parabola in log10 lr over the runs whose lr lies within `window` decades
+    of the best grid value (by mean over seeds), widened to the `min_points` nearest grid values when fewer fall
+    inside; the vertex with a standard error (decades) of two parts: `se_fit`, the delta-method error of the
+    vertex (the seed scatter in the residuals), and `se_grid` = step / sqrt(12) for the local grid step, which
+    bounds what a parabola can misplace on a curve that is not one (an asymmetric optimum). On synthetic sweeps
+    the interval covers the true optimum at least at its stated rate (tests/test_scaling.py).
+    `located` is False when the best grid value is the grid's end, the parabola opens downwards, or its vertex
+    lies outside the fitted points (no optimum inside the grid).
+    """
+    x = np.log10(np.asarray(lrs, np.float64))
+    y = np.asarray(log_scores, np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    grid = np.unique(x)
+    nan = {"log10_lr": float("nan"), "lr": float("nan"), "se": float("inf"), "located": False, "points": 0}
+    if grid.size < 3:
+        return nan
+    means = np.asarray([y[x == g].mean() for g in grid])
+    best = grid[int(np.argmin(means))]
+    near = grid[np.abs(grid - best) <= window]
+    if near.size < min_points:
+        near = grid[np.argsort(np.abs(grid - best), kind="stable")[:min_points]]
+    use = np.isin(x, near)
+    u, v = x[use] - best, y[use]
+    design = np.stack([np.ones_like(u), u, u * u], axis=1)  # [m, 3]
+    coef, *_ = np.linalg.lstsq(design, v, rcond=None)
+    dof = len(u) - 3
+    c1, c2 = coef[1], coef[2]
+    edge = best in (grid[0], grid[-1])
+    if c2 <= 0:
+        return {**nan, "log10_lr": float(best), "lr": float(10 ** best), "points": int(len(u)), "at_edge": edge}
+    vertex = -c1 / (2 * c2)
+    inside = near.min() - best <= vertex <= near.max() - best
+    if dof > 0:
+        sigma2 = float(((v - design @ coef) ** 2).sum() / dof)
+        cov = sigma2 * np.linalg.pinv(design.T @ design)
+        grad = np.asarray([0.0, -1 / (2 * c2), -vertex / c2])  # d vertex / d (c0, c1, c2)
+        se_fit = float(math.sqrt(max(grad @ cov @ grad, 0.0)))
+    else:
+        se_fit = float("inf")
+    se_grid = float(np.median(np.diff(np.sort(near)))) / math.sqrt(12)
+    return {"log10_lr": float(best + vertex), "lr": float(10 ** (best + vertex)),
+            "se": float(math.hypot(se_fit, se_grid)), "se_fit": se_fit, "se_grid": se_grid,
+            "located": bool(inside and not edge), "points": int(len(u)), "at_edge": edge}
+
+
+def fit_power_weighted(widths: Sequence[float], log10_lrs: Sequence[float], se: Sequence[float],
+                       level: float = 0.95) -> dict:
+    """Weighted least squares of log10 lr* on log10 n (weights 1/se^2), with the slope's error scaled up by the
+    Birge ratio sqrt(chi^2 / dof) when the points scatter more than their errors say, and a t-interval with
+    (points - 2) degrees of freedom: the interval holds both the per-width errors and the scatter."""
+    from scipy import stats
+
+    x = np.log10(np.asarray(widths, np.float64))
+    y, s = np.asarray(log10_lrs, np.float64), np.asarray(se, np.float64)
+    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(s) & (s > 0)
+    x, y, s = x[ok], y[ok], s[ok]
+    out = {"slope": float("nan"), "se": float("nan"), "ci": [float("nan")] * 2, "points": int(len(x)),
+           "birge": float("nan")}
+    if len(x) < 3:
+        return out
+    w = 1 / s ** 2
+    xm = (w * x).sum() / w.sum()
+    sxx = (w * (x - xm) ** 2).sum()
+    slope = (w * (x - xm) * (y - (w * y).sum() / w.sum())).sum() / sxx
+    intercept = (w * y).sum() / w.sum() - slope * xm
+    dof = len(x) - 2
+    birge = math.sqrt(max(1.0, float((w * (y - intercept - slope * x) ** 2).sum()) / dof))
+    se_slope = birge / math.sqrt(sxx)
+    t = stats.t.ppf(0.5 + level / 2, dof)
+    return {"slope": float(slope), "intercept": float(intercept), "se": float(se_slope),
+            "ci": [float(slope - t * se_slope), float(slope + t * se_slope)], "points": int(len(x)),
+            "birge": float(birge)}
+
+
+RESOLUTION = 0.25  # an interval this narrow (half-width) tells an exponent of +-1/2 from 0 and from +-1
+
+
+def verdict(ci: Sequence[float], predicted: float, resolution: float = RESOLUTION) -> str:
+    """'excluded': the interval misses the prediction; 'consistent': it holds it and is at most +-resolution
+    wide; 'undecided': it holds it but is wider (or could not be computed)."""
+    lo, hi = ci
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "undecided"
+    if not lo <= predicted <= hi:
+        return "excluded"
+    return "consistent" if (hi - lo) / 2 <= resolution else "undecided"
+
+
+def vertex_optima(table, lr_col: str, metric: str = "eval_kl") -> list[dict]:
+    """`vertex_fit` per width over every run of `table` (one slice of the grid: the other hyperparameters fixed)."""
+    data = table.assign(_log=_log_scores(table, metric))
+    return [{"width": int(width), **vertex_fit(part[lr_col].to_numpy(np.float64), part["_log"].to_numpy())}
+            for width, part in data.groupby("width", sort=True)]
+
+
+def plateau_edges(table, lr_col: str, metric: str = "eval_kl", tol: float = 0.1) -> list[dict]:
+    """Per width, the lower and upper edge of the plateau: the outermost grid values of the contiguous run within
+    `tol` decades of the best mean score. Each edge's error (decades) is the grid's resolution there (a uniform
+    position inside the step beyond it: step / sqrt(12)) plus the scatter of the per-seed edges."""
+    data = table.assign(_log=_log_scores(table, metric))
+    out = []
+    for width, part in data.groupby("width", sort=True):
+        pivot = part.pivot_table(index="seed", columns=lr_col, values="_log", aggfunc="mean").sort_index(axis=1)
+        grid = np.log10(pivot.columns.to_numpy(np.float64))
+        row = {"width": int(width)}
+        for name, side in (("lower", 0), ("upper", 1)):
+            def edge(values):
+                lrs = 10 ** grid
+                finite = np.isfinite(values)
+                if not finite.any():
+                    return float("nan"), True
+                lo_hi = _plateau_span(values, tol)
+                j = lo_hi[side]
+                return float(np.log10(lrs[j])), j in (0, len(grid) - 1)
+            value, censored = edge(pivot.mean(axis=0).to_numpy())
+            per_seed = [edge(r)[0] for r in pivot.to_numpy()]
+            j = int(np.argmin(np.abs(grid - value))) if np.isfinite(value) else 0
+            # The step beyond the edge: to the next grid value below a lower edge, above an upper one.
+            step = np.diff(grid)[min(max(j - (side == 0), 0), len(grid) - 2)] if len(grid) > 1 else float("nan")
+            seed_var = float(np.nanvar(per_seed, ddof=1) / len(per_seed)) if len(per_seed) > 1 else 0.0
+            row[name] = {"log10_lr": value, "se": float(math.sqrt(step ** 2 / 12 + seed_var)), "censored": censored}
+        out.append(row)
+    return out
+
+
+def _plateau_span(values: np.ndarray, tol: float) -> tuple[int, int]:
+    i = int(np.nanargmin(np.where(np.isfinite(values), values, np.inf)))
+    near = np.isfinite(values) & (values <= values[i] + tol)
+    lo, hi = i, i
+    while lo > 0 and near[lo - 1]:
+        lo -= 1
+    while hi < len(values) - 1 and near[hi + 1]:
+        hi += 1
+    return lo, hi
+
+
 def stability_edge(table, lr_col: str, by: Sequence[str] = ("width",)):
     """Per group: the largest lr below the smallest lr at which some seed diverged (`censored`: none diverged,
     the edge lies beyond the grid and the value is the grid's largest lr)."""
@@ -171,28 +313,58 @@ def _select(table, **equal):
     return table[mask]
 
 
-def exponent_table(table, metric: str = "eval_kl", n_boot: int = 1000) -> list[dict]:
-    """Fitted width exponents of the optimal learning rates, with intervals, against the predictions:
-    eta_alpha* (arm alpha_lr, per beta; +1/2), eta_v* (arm v_lr, per c; -1/2) and, for the fixed-factor baseline
-    (alpha = 1, v only: dz = eta_v per coordinate), eta_v* (arm fixed_alpha, per alpha_0; 0)."""
+STUDIES = (  # (the coarse arm and the arm refining it, lr column, the column held fixed per fit, predicted exponent)
+    (("alpha_lr", "alpha_fine"), "factor_lr", "beta", 0.5),
+    (("v_lr", "v_fine"), "direction_lr", "c", -0.5),
+    # alpha frozen at 1, v only: dz = eta_v per coordinate, so eta_v* should not move with width.
+    (("fixed_alpha",), "direction_lr", "alpha0", 0.0),
+)
+
+
+def _edge_fit(edges: list[dict], side: str, predicted: float) -> dict:
+    usable = [e for e in edges if not e[side]["censored"] and np.isfinite(e[side]["log10_lr"])]
+    fit = fit_power_weighted([e["width"] for e in usable], [e[side]["log10_lr"] for e in usable],
+                             [e[side]["se"] for e in usable])
+    return {"slope": fit["slope"], "ci95": fit["ci"], "verdict": verdict(fit["ci"], predicted),
+            "edges": {e["width"]: (None if e[side]["censored"] else 10 ** e[side]["log10_lr"]) for e in edges}}
+
+
+def exponent_table(table, metric: str = "eval_kl", n_boot: int = 1000, studies=STUDIES) -> list[dict]:
+    """Fitted width exponents of the optimal learning rates against the predictions, one row per slice of a study
+    (e.g. eta_alpha* at beta = 4).
+
+    The deciding interval (`ci95`, `verdict`) is the weighted fit of the per-width vertices (`vertex_fit`: seeds
+    and grid) over the widths whose optimum lies inside the grid. Kept beside it: the OLS interval of the 3-point
+    parabola optima and the seed bootstrap (the earlier sweep's numbers), the plateau's edges (`plateau_edges`:
+    where eta_alpha is flat, how its ends move with width) and the stability edge.
+    """
     out = []
-    studies = [("alpha_lr", "factor_lr", "beta", 0.5), ("v_lr", "direction_lr", "c", -0.5),
-               ("fixed_alpha", "direction_lr", "alpha0", 0.0)]
-    for arm, lr_col, other, predicted in studies:
-        part = table[table["arm"] == arm]
+    for arms, lr_col, other, predicted in studies:
+        part = table[table["arm"].isin(arms)]
         for value in sorted(part[other].unique()) if len(part) else []:
             sub = _select(part, **{other: float(value)})
             opt = optimal_lrs(sub, lr_col, metric)
             fit = fit_power(opt["width"], opt["lr_opt"])
             boot = bootstrap_exponent(sub, lr_col, metric, n_boot=n_boot)
+            vertices = vertex_optima(sub, lr_col, metric)
+            located = [v for v in vertices if v["located"]]
+            weighted = fit_power_weighted([v["width"] for v in located], [v["log10_lr"] for v in located],
+                                          [v["se"] for v in located])
             plateau = optimal_lrs(sub, lr_col, metric, method="plateau")
             plateau_fit = fit_power(plateau["width"], plateau["lr_opt"])
-            plateau_boot = bootstrap_exponent(sub, lr_col, metric, n_boot=n_boot, method="plateau")
+            edges = plateau_edges(sub, lr_col, metric)
             edge = stability_edge(sub, lr_col)
             edge_fit = fit_power(edge["width"][~edge["censored"]], edge["edge"][~edge["censored"]])
             inside = lambda ci: bool(ci[0] <= predicted <= ci[1])  # noqa: E731
             out.append({
-                "arm": arm, "lr": SYMBOL[lr_col], "fixed": f"{other}={value:g}", "predicted": predicted,
+                "arm": "+".join(a for a in arms if a in set(sub["arm"])), "lr": SYMBOL[lr_col],
+                "fixed": f"{other}={value:g}", "predicted": predicted,
+                "slope_weighted": weighted["slope"], "ci95": weighted["ci"], "birge": weighted["birge"],
+                "verdict": verdict(weighted["ci"], predicted),
+                "widths_located": [v["width"] for v in located],
+                "vertex_optima": {v["width"]: v["lr"] for v in vertices},
+                "vertex_se_decades": {v["width"]: v["se"] for v in vertices},
+                "runs_per_width": {int(w): int(n) for w, n in sub.groupby("width").size().items()},
                 "optima_at_grid_edge": {int(w): bool(e) for w, e in zip(opt["width"], opt["at_edge"])},
                 "slope": fit["slope"], "ols_se": fit["se"], "ols_ci95": fit["ci"], "boot_ci95": boot["ci"],
                 "seeds_per_width": boot["seeds_per_width"], "prediction_in_ols_ci": inside(fit["ci"]),
@@ -201,14 +373,13 @@ def exponent_table(table, metric: str = "eval_kl", n_boot: int = 1000) -> list[d
                 "stability_edge": {int(w): (None if c else float(e)) for w, e, c in
                                    zip(edge["width"], edge["edge"], edge["censored"])},
                 "plateau_slope": plateau_fit["slope"], "plateau_ols_ci95": plateau_fit["ci"],
-                "plateau_boot_ci95": plateau_boot["ci"],
                 "plateau_optima": {int(w): float(lr) for w, lr in zip(plateau["width"], plateau["lr_opt"])},
+                "plateau_lower_edge": _edge_fit(edges, "lower", predicted),
+                "plateau_upper_edge": _edge_fit(edges, "upper", predicted),
                 "stability_edge_slope": edge_fit["slope"], "stability_edge_ci95": edge_fit["ci"],
             })
     return out
 
-
-# --- synthetic results (for tests and for checking the pipeline) ----------------------------------------------
 
 # --- figures ----------------------------------------------------------------------------------------------------
 
@@ -281,33 +452,41 @@ def plot_lr_curves(table, path: str, metric: str = "eval_kl", panels=LR_PANELS) 
 
 
 def plot_exponents(exponents: list[dict], path: str) -> None:
-    """log-log optimal lr (and stability edge) vs width, with the fitted and the predicted slopes."""
+    """log-log optimal lr vs width: the vertices with 95% error bars, the weighted fit with its interval and
+    verdict, the predicted slope, and (eta_alpha) the stability edge."""
     from prosv_jax.figures import save_figure, subplots
 
-    fig, axes = subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = subplots(1, 2, figsize=(11, 4.2))
     for ax, name in zip(axes, ("eta_alpha", "eta_v")):
-        rows = [e for e in exponents if e["lr"] == name]
         drawn = set()
-        for row in rows:
-            widths = np.asarray(sorted(row["optima"]), np.float64)
-            opt = np.asarray([row["optima"][w] for w in sorted(row["optima"])])
-            line, = ax.plot(widths, opt, "o", label=f"{row['arm']} optimum, {row['fixed']}: slope "
-                            f"{row['slope']:+.2f} [{row['boot_ci95'][0]:+.2f}, {row['boot_ci95'][1]:+.2f}]")
-            fit = 10 ** (np.log10(opt).mean() + row["slope"] * (np.log10(widths) - np.log10(widths).mean()))
-            ax.plot(widths, fit, "-", color=line.get_color(), lw=1)
-            edges = [(w, e) for w, e in row["stability_edge"].items() if e is not None]
+        for row in (e for e in exponents if e["lr"] == name):
+            located = [int(w) for w in row["widths_located"]]
+            if not located:
+                continue
+            widths = np.asarray(located, np.float64)
+            opt = np.asarray([row["vertex_optima"][w] for w in located])
+            se = np.asarray([row["vertex_se_decades"][w] for w in located])
+            lo, hi = opt * (1 - 10 ** (-1.96 * se)), opt * (10 ** (1.96 * se) - 1)
+            line = ax.errorbar(widths, opt, yerr=[lo, hi], fmt="o", ms=4, capsize=2,
+                               label=f"{row['fixed']}: {row['slope_weighted']:+.2f} "
+                                     f"[{row['ci95'][0]:+.2f}, {row['ci95'][1]:+.2f}] {row['verdict']}")[0]
+            if np.isfinite(row["slope_weighted"]):
+                fit = 10 ** (np.log10(opt).mean() + row["slope_weighted"] * (np.log10(widths) -
+                                                                            np.log10(widths).mean()))
+                ax.plot(widths, fit, "-", color=line.get_color(), lw=1)
+            edges = [(int(w), e) for w, e in row["stability_edge"].items() if e is not None]
             if edges and name == "eta_alpha":
                 ax.plot([w for w, _ in edges], [e for _, e in edges], "v", color=line.get_color(), alpha=0.5,
                         label=f"stability edge, {row['fixed']}")
             if row["predicted"] not in drawn:
                 drawn.add(row["predicted"])
                 pred = 10 ** (np.log10(opt).mean() + row["predicted"] * (np.log10(widths) - np.log10(widths).mean()))
-                ax.plot(widths, pred, "--", color=line.get_color(), lw=1,
-                        label=f"predicted slope {row['predicted']:+.1f} ({row['arm']})")
+                ax.plot(widths, pred, "--", color="grey", lw=1, label=f"predicted slope {row['predicted']:+.1f}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("width n")
         ax.set_ylabel(f"optimal {name}")
+        ax.set_title(f"optimal {name}: vertex +- 95% (seeds and grid); slope [95%] verdict", fontsize=9)
         ax.legend(fontsize=6.5)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
