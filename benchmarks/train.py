@@ -50,43 +50,11 @@ def parse_args(argv=None):
 
 # ----------------------------------------------------------------------------------------------------- prosv-jax
 def prosv_jax_step(model, steering, dataset, batches, prefix_cache, *, optim=None, step_config=None, runs=1):
-    """(A zero-argument callable doing one training step of `runs` vmapped runs, cycling through `batches` (arrays
-    of example indices into `dataset`), the seconds spent preparing the step data, the prefix cache included)."""
-    import itertools
+    """The Trainer's compiled group step as a callable (`prosv_jax.training.timing.group_step_fn`)."""
+    from prosv_jax.training.timing import group_step_fn
 
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
-
-    from prosv_jax.training.optim import OptimConfig
-    from prosv_jax.training.step import StepConfig, TrainState
-    from prosv_jax.training.trainer import TrainConfig, GroupData, group_program
-
-    optim = optim or OptimConfig(factor_lr=1.0, direction_lr=0.04)
-    step_config = step_config or StepConfig()
-    graphdef, model_state = nnx.split(model)
-    tx, group_step = group_program(graphdef, model.cfg, steering, step_config, optim, 10_000)
-    params = [steering.init_params(jax.random.key(k), model.cfg, model.dtype) for k in range(runs)]
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *params)
-    state = TrainState(stacked, jax.vmap(tx.init)(stacked), jnp.zeros(runs, jnp.int32), jnp.ones(runs, bool))
-    lrs = {g: jnp.full(runs, v, jnp.float32) for g, v in optim.learning_rates(model.cfg.hidden_size).items()}
-    state, lrs = jax.device_put((state, lrs), jax.devices()[0])
-    t0 = time.perf_counter()
-    data = GroupData(model, steering, dataset, TrainConfig(prefix_cache=prefix_cache), step_config)
-    step_data = []
-    for batch in batches:
-        indices = np.tile(np.asarray(batch), (runs, 1))  # [runs, B]: every run steps on the same examples
-        step_data.append(data.gather(indices, np.ones_like(indices, bool)))
-    jax.block_until_ready(step_data)
-    setup = time.perf_counter() - t0
-    holder, turn = {"state": state}, itertools.cycle(step_data)
-
-    def step():
-        holder["state"], metrics = group_step(model_state, holder["state"], lrs, next(turn))
-        return float(metrics["loss"][0])
-
-    return step, setup
+    return group_step_fn(model, steering, dataset, batches, prefix_cache, optim=optim, step_config=step_config,
+                         runs=runs)
 
 
 def jax_side(model, layer, args, prefix_cache, runs=1):

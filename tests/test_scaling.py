@@ -274,7 +274,8 @@ def test_a_refining_arm_centres_its_fine_grid_on_the_coarse_optimum_and_keeps_it
             Arm("v_fine", refine="v", refine_multipliers=(0.5, 1.0, 2.0), factor_lrs=(1.0,), seeds=(0, 1)),
             Arm("tied", tied_lrs=True, direction_lrs=(0.05,)),
             Arm("sgd_noclip", optimizer="sgd", clip_norm=None, factor_lrs=(1.0,), direction_lrs=(0.1,)),
-            Arm("frozen", train_factor=False, alpha0s=(1.0,), direction_lrs=(0.1,), factor_search=(0.5, 1.0, 2.0)))
+            Arm("frozen", train_factor=False, alpha0s=(1.0,), direction_lrs=(0.1,), factor_search=(0.5, 1.0, 2.0)),
+            Arm("only64", direction_lrs=(0.1,), widths=(64,)))
     out = str(tmp_path / "sweep")
     table, info = run_sweep(scaled_spec(arms), out, log=lambda m: None)
 
@@ -286,6 +287,7 @@ def test_a_refining_arm_centres_its_fine_grid_on_the_coarse_optimum_and_keeps_it
         assert len(fine) == 6 and (fine["refines"] == "v").all()
         # Data grows with width (batch 4 -> 8), steps per epoch stay 4.
         assert set(part["batch_size"]) == {4 * width // 32} and set(part["n_train"]) == {16 * width // 32}
+    assert set(table.loc[table["arm"] == "only64", "width"]) == {64}
     assert (table.loc[table["arm"] == "tied", "factor_lr"] == table.loc[table["arm"] == "tied", "direction_lr"]).all()
     assert optims["sgd_noclip"].clip_norm is None and optims["sgd_noclip"].optimizer == "sgd"
     assert optims["v"].clip_norm == 1.0
@@ -305,6 +307,10 @@ def test_a_refining_arm_centres_its_fine_grid_on_the_coarse_optimum_and_keeps_it
 def test_a_refining_arm_must_follow_its_coarse_arm_and_match_a_slice_of_it():
     with pytest.raises(ValueError, match="not an earlier arm"):
         scaled_spec((Arm("fine", refine="v", refine_multipliers=(1.0,)), Arm("v")))
+    with pytest.raises(ValueError, match="where the arm it refines"):
+        scaled_spec((Arm("v", widths=(64,)), Arm("fine", refine="v", refine_multipliers=(1.0,))))
+    with pytest.raises(ValueError, match="not the sweep's"):
+        scaled_spec((Arm("v", widths=(128,)),))
     with pytest.raises(ValueError, match="one init"):
         Arm("fine", refine="v", refine_multipliers=(1.0,), betas=(1.0, 4.0))
     with pytest.raises(ValueError, match="train_factor=False"):
@@ -313,3 +319,42 @@ def test_a_refining_arm_must_follow_its_coarse_arm_and_match_a_slice_of_it():
     rows = [{**row, "eval_kl": 0.1, "diverged": False, "eval_plain_kl": 1.0} for _, row in coarse]
     with pytest.raises(ValueError, match="no run of v has beta=4"):
         sweep_lib.refined_grid(Arm("fine", refine="v", refine_multipliers=(1.0,), betas=(4.0,)), rows, 32)
+
+
+# --- what a sweep costs ------------------------------------------------------------------------------------------
+
+def test_the_flop_count_of_a_run_agrees_with_xla_s_count_of_the_compiled_step():
+    from prosv_jax.interventions.kinds import SteeringVector
+    from prosv_jax.interventions.transform import Steering
+    from prosv_jax.scaling import cost
+    from prosv_jax.training.data import TrainDataset
+    from prosv_jax.training.timing import group_step_fn
+
+    spec = SweepSpec(widths=(256,), arms=(Arm("x"),), task=TaskSpec(n_train=8), batch_size=8)
+    f, t = spec.family, spec.task
+    model = random_llama(256, depth=f.depth, head_dim=f.head_dim, vocab=f.vocab, ffn_mult=f.ffn_mult)
+    rng = np.random.default_rng(0)
+    examples = [(rng.integers(0, f.vocab, t.prompt_len).tolist(), rng.integers(0, f.vocab, t.response_len).tolist())
+                for _ in range(8)]
+    dataset = TrainDataset.from_examples(examples, max_response=t.response_len)
+    step, _ = group_step_fn(model, Steering.single(f.layer, SteeringVector(), t.positions), dataset, [np.arange(8)])
+    counted = cost.run_flops(spec, 256) / cost.steps_per_run(spec, 256)
+    assert 1.0 < step.xla_flops() / counted < 1.25  # XLA also counts the norms, softmaxes and the optimiser
+
+
+def test_the_estimate_counts_every_arm_s_runs_and_the_scaled_data():
+    from prosv_jax.scaling import cost
+
+    arms = (Arm("v", direction_lrs=(0.01, 0.1, 1.0), seeds=(0, 1)),
+            Arm("v_fine", refine="v", refine_multipliers=(0.5, 1.0, 2.0), seeds=(0, 1, 2)))
+    spec = SweepSpec(widths=(64, 256), arms=arms, task=TaskSpec(n_train=96), batch_size=8, data_exponent=1.0,
+                     epochs=2)
+    out = cost.estimate(spec, measure=False, flops_per_s=1e12, log=lambda m: None)
+    small, large = out["widths"]
+    assert small["runs"] == large["runs"] == 6 + 9
+    assert (small["batch"], large["batch"]) == (8, 32) and small["steps_per_run"] == large["steps_per_run"] == 24
+    # Per run: 4x the batch and about 16x the FLOPs per token (d^2 terms) -> about 64x.
+    assert 45 < large["train_tflop"] / small["train_tflop"] < 70
+    assert out["seconds"] == pytest.approx(out["tflop"] * 1e12 / 1e12)
+    with pytest.raises(ValueError, match="flops_per_s"):
+        cost.estimate(spec, measure=False)

@@ -186,13 +186,15 @@ def _token_stats(teacher_lp: np.ndarray, other_lp: np.ndarray, batch: TrainBatch
 
 def make_planted_task(model: Decoder, *, layer: int, positions: str = "all", strength: float = 2.0,
                       prompts: Sequence[Sequence[int]] | None = None, n_train: int = 64, n_eval: int = 64,
-                      prompt_len: int = 6, response_len: int = 12, seed: int = 0, low_token: int = 0
-                      ) -> PlantedTask:
+                      prompt_len: int = 6, response_len: int = 12, seed: int = 0, low_token: int = 0,
+                      stats_examples: int = 512) -> PlantedTask:
     """Plants alpha* v* (v* a random unit vector, alpha* = strength * sqrt(d): |z*| per coordinate = strength).
 
     Prompts: the given token lists (the first n_train train, the next n_eval are held out), or random token
     sequences of `prompt_len` tokens from [low_token, vocab). The teacher samples `response_len` tokens per
-    prompt at temperature 1.
+    prompt at temperature 1. The training-side statistics (the floor, the plain model's loss, the teacher-to-plain
+    KL and token difference) are means over the first `stats_examples` training examples: estimates of the same
+    expectations that cost a fixed amount however large the training set grows.
     """
     cfg = model.cfg
     d = cfg.hidden_size
@@ -213,14 +215,15 @@ def make_planted_task(model: Decoder, *, layer: int, positions: str = "all", str
     task.train = TrainDataset.from_examples(train_examples, max_response=response_len)
     task.train_examples = train_examples
     task.eval_batch = make_batch(eval_examples, max_response=response_len)
-    train_batch = task.train.positives
-    teacher_lp = response_distributions(model, steering, params, train_batch)
-    plain_lp = response_distributions(model, None, None, train_batch)
-    train_stats = _token_stats(teacher_lp, plain_lp, train_batch)
+    n_stats = min(n_train, stats_examples)
+    stats_batch = make_batch(train_examples[:n_stats], max_response=response_len)
+    teacher_lp = response_distributions(model, steering, params, stats_batch)
+    plain_lp = response_distributions(model, None, None, stats_batch)
+    train_stats = _token_stats(teacher_lp, plain_lp, stats_batch)
     eval_teacher = response_distributions(model, steering, params, task.eval_batch)
     eval_plain = _token_stats(eval_teacher, response_distributions(model, None, None, task.eval_batch),
                               task.eval_batch)
-    plain_samples = sample_continuations(model, None, None, prompts[:n_train], response_len, seed + 17)
+    plain_samples = sample_continuations(model, None, None, prompts[:n_stats], response_len, seed + 17)
     task.floor = train_stats["entropy"]
     task.stats = {
         "teacher_entropy": train_stats["entropy"],  # the loss floor on the training samples
@@ -229,9 +232,10 @@ def make_planted_task(model: Decoder, *, layer: int, positions: str = "all", str
         "eval_teacher_entropy": eval_plain["entropy"], "eval_plain_kl": eval_plain["kl"],
         "log_vocab": math.log(cfg.vocab_size),
         # The share of sampled tokens that differ between teacher and plain model (same prompts, same keys).
-        "teacher_vs_plain_token_diff": float(np.mean(np.asarray(responses[:n_train]) != np.asarray(plain_samples))),
+        "teacher_vs_plain_token_diff": float(np.mean(np.asarray(responses[:n_stats]) != np.asarray(plain_samples))),
         "alpha_star": alpha_star, "edit_star_norm": alpha_star, "width": d, "layer": layer, "positions": positions,
         "strength": strength, "n_train": n_train, "n_eval": n_eval, "response_len": response_len,
+        "stats_examples": n_stats,
     }
     task._eval_teacher_lp = eval_teacher  # cached: every student is scored against it
     return task

@@ -97,11 +97,13 @@ class Arm:
     refine_axis: str = "direction"
     refine_multipliers: tuple[float, ...] = ()
     factor_search: tuple[float, ...] = ()
+    widths: tuple[int, ...] = ()  # the widths this arm runs at (empty: every width of the sweep)
 
     def __post_init__(self):
         for axis in ("betas", "alpha0s", "factor_lrs", "cs", "direction_lrs", "seeds", "refine_multipliers",
                      "factor_search"):
             object.__setattr__(self, axis, tuple(getattr(self, axis)))
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         if not self.name or "/" in self.name:
             raise ValueError(f"arm name must be a non-empty folder name, got {self.name!r}")
         if self.refine_axis not in AXES:
@@ -119,6 +121,9 @@ class Arm:
         if self.factor_search and self.train_factor:
             raise ValueError(f"arm {self.name}: factor_search is the post-hoc factor selection of a frozen factor; "
                              "set train_factor=False")
+
+    def runs_at(self, width: int) -> bool:
+        return not self.widths or width in self.widths
 
     def swept(self, axis: str) -> tuple[float, ...]:
         return self.factor_lrs if axis == "factor" else self.direction_lrs
@@ -159,6 +164,14 @@ class SweepSpec:
             if arm.refine and arm.refine not in names[:i]:
                 raise ValueError(f"arm {arm.name} refines {arm.refine!r}, which is not an earlier arm of the "
                                  f"sweep (arms in order: {names})")
+            coarse = self.arms[names.index(arm.refine)] if arm.refine else None
+            missing = [w for w in self.widths if arm.runs_at(w) and coarse is not None and not coarse.runs_at(w)]
+            if missing:
+                raise ValueError(f"arm {arm.name} runs at widths {missing}, where the arm it refines "
+                                 f"({arm.refine}) does not")
+            outside = sorted(set(arm.widths) - set(self.widths))
+            if outside:
+                raise ValueError(f"arm {arm.name} lists widths {outside} that are not the sweep's {self.widths}")
 
     def batch_at(self, width: int) -> int:
         """The batch size at `width` (see data_exponent)."""
@@ -307,7 +320,7 @@ def _sweep_width(spec: SweepSpec, width: int, out_dir: str, progress: bool, log,
     task_stats = _read_json(os.path.join(width_dir, "task.json"))
     task = None
     rows, rows_by_arm = [], {}
-    for arm in spec.arms:
+    for arm in (a for a in spec.arms if a.runs_at(width)):
         arm_dir = os.path.join(width_dir, arm.name)
         refined = _refined(spec, arm, rows_by_arm, width, arm_dir) if arm.refine else ()
         runs = arm_runs(arm, width, spec.lr_ref_width, refined)
