@@ -358,3 +358,32 @@ def test_the_estimate_counts_every_arm_s_runs_and_the_scaled_data():
     assert out["seconds"] == pytest.approx(out["tflop"] * 1e12 / 1e12)
     with pytest.raises(ValueError, match="flops_per_s"):
         cost.estimate(spec, measure=False)
+
+
+def test_the_wide_sweep_centres_its_grids_on_the_prediction_and_its_launcher_estimates_it(capsys):
+    import importlib.util
+
+    from prosv_jax.scaling import specs
+
+    wide = specs.wide_spec()
+    assert wide.widths == (64, 128, 256, 512, 1024, 2048) and wide.widths[-1] / wide.widths[0] == 32
+    by_name = {a.name: a for a in wide.arms}
+    # The coarse eta_v grid spans x/8..x8 around 0.02 (n/256)^-1/2; at n = 1024 its centre is 0.01.
+    v_1024 = sorted(row["direction_lr"] for _, row in sweep_lib.arm_runs(by_name["v_lr"], 1024, wide.lr_ref_width))
+    np.testing.assert_allclose(v_1024[3], 0.01, rtol=1e-9)
+    np.testing.assert_allclose(v_1024[-1] / v_1024[0], 64, rtol=1e-9)
+    assert len(by_name["v_fine"].seeds) == 3 and by_name["v_fine"].refine_multipliers[0] == pytest.approx(0.5)
+    assert by_name["sgd_noclip"].clip_norm is None and by_name["adam_tied"].tied_lrs
+    assert len(by_name["fixed_alpha"].factor_search) == 14 and 2048 in by_name["fixed_alpha"].widths
+    assert wide.batch_at(64) == 8 and wide.batch_at(2048) == round(8 * 32 ** 0.75)
+    assert specs.gpu_spec().widths[-1] == 8192 and all(not a.widths or 8192 in a.widths for a in specs.gpu_spec().arms)
+
+    path = os.path.join(os.path.dirname(__file__), "..", "experiments", "scaling", "run_sweep.py")
+    module_spec = importlib.util.spec_from_file_location("run_sweep", path)
+    launcher = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(launcher)
+    assert launcher.main(["--spec", "gpu", "--estimate", "--flops-per-s", "1e14"]) == 0
+    printed = capsys.readouterr().out
+    assert "width 8192:" in printed and "total:" in printed
+    with pytest.raises(SystemExit):
+        launcher.main(["--spec", "cpu4", "--data-exponent", "1", "--estimate", "--flops-per-s", "1e12"])

@@ -435,26 +435,3 @@ def _read_json(path: str):
             return json.load(f)
     except json.JSONDecodeError:
         return None
-
-
-def default_spec(widths: Sequence[int] = (64, 128, 256, 512)) -> SweepSpec:
-    """The committed CPU sweep (experiments/results/): see experiments/scaling/run_sweep.py."""
-    alpha_lrs = (0.1, 0.3, 1.0, 3.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 640.0)  # denser where it diverges
-    v_lrs = (0.001, 0.0022, 0.0046, 0.01, 0.022, 0.046, 0.1, 0.22)
-    return SweepSpec(
-        widths=tuple(widths),
-        arms=(
-            # beta x eta_alpha heatmap; eta_v follows the predicted n^-1/2 (0.01 at n = 256).
-            Arm("alpha_lr", betas=(0.25, 1.0, 4.0), factor_lrs=alpha_lrs, direction_lrs=(0.01,),
-                direction_lr_exponent=-0.5, seeds=(0, 1)),
-            # eta_v sweep (x c); eta_alpha follows the predicted n^+1/2 (3 at n = 256).
-            Arm("v_lr", betas=(1.0,), factor_lrs=(3.0,), factor_lr_exponent=0.5, cs=(1.0, 4.0), direction_lrs=v_lrs,
-                seeds=(0, 1, 2)),
-            # Baselines: alpha fixed to 1 (train v only; alpha = 1 needs eta_v = Theta(1) at every width), and
-            # plain SGD instead of Adam.
-            Arm("fixed_alpha", train_factor=False, alpha0s=(1.0,), direction_lrs=(0.001, 0.0046, 0.022, 0.1, 0.22,
-                                                                                  0.46, 1.0, 2.2, 4.6)),
-            Arm("sgd", optimizer="sgd", betas=(1.0,), factor_lrs=(1.0, 100.0),
-                direction_lrs=(0.1, 0.3, 1.0, 3.0, 10.0)),
-        ),
-    )
