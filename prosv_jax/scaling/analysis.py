@@ -315,6 +315,7 @@ def _select(table, **equal):
 
 STUDIES = (  # (the coarse arm and the arm refining it, lr column, the column held fixed per fit, predicted exponent)
     (("alpha_lr", "alpha_fine"), "factor_lr", "beta", 0.5),
+    (("alpha_plateau",), "factor_lr", "beta", 0.5),  # the wide sweep's beta <= 1: read its plateau_*_edge
     (("v_lr", "v_fine"), "direction_lr", "c", -0.5),
     # alpha frozen at 1, v only: dz = eta_v per coordinate, so eta_v* should not move with width.
     (("fixed_alpha",), "direction_lr", "alpha0", 0.0),
@@ -383,12 +384,13 @@ def exponent_table(table, metric: str = "eval_kl", n_boot: int = 1000, studies=S
 
 # --- figures ----------------------------------------------------------------------------------------------------
 
-def plot_heatmaps(table, path: str, arm: str = "alpha_lr", x: str = "factor_lr", y: str = "beta",
+def plot_heatmaps(table, path: str, arm: Sequence[str] = ("alpha_lr", "alpha_plateau"), x: str = "factor_lr",
+                  y: str = "beta",
                   metric: str = "eval_kl") -> None:
     """One panel per width: mean log10 score over (y, x); x marks cells where a seed diverged, a star the best."""
     from prosv_jax.figures import save_figure, subplots
 
-    part = table[table["arm"] == arm]
+    part = table[table["arm"].isin(arm)]
     part = part.assign(_log=_log_scores(part, metric))
     widths = sorted(part["width"].unique())
     fig, axes = subplots(1, len(widths), figsize=(3.6 * len(widths), 3.3), squeeze=False)
@@ -417,8 +419,9 @@ def plot_heatmaps(table, path: str, arm: str = "alpha_lr", x: str = "factor_lr",
     save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
-LR_PANELS = (("alpha_lr", "factor_lr", "beta", 1.0), ("alpha_lr", "factor_lr", "beta", 4.0),
-             ("v_lr", "direction_lr", "c", 1.0))
+LR_PANELS = (  # (arms, lr column, fixed column, its value): the 4-width sweep's arms and the wide sweep's
+    (("alpha_lr", "alpha_plateau"), "factor_lr", "beta", 1.0), (("alpha_lr", "alpha_fine"), "factor_lr", "beta", 4.0),
+    (("v_lr", "v_fine"), "direction_lr", "c", 1.0))
 
 
 def plot_lr_curves(table, path: str, metric: str = "eval_kl", panels=LR_PANELS) -> None:
@@ -430,10 +433,10 @@ def plot_lr_curves(table, path: str, metric: str = "eval_kl", panels=LR_PANELS) 
 
     fig, axes = subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
     for ax, (arm, lr_col, column, value) in zip(axes[0], panels):
-        part = table[table["arm"] == arm]
+        part = table[table["arm"].isin(arm)]
+        part = _select(part, **{column: float(value)}) if len(part) else part
         if not len(part):
             continue
-        part = _select(part, **{column: float(value)})
         part = part.assign(_log=_log_scores(part, metric))
         opt = optimal_lrs(part, lr_col, metric).set_index("width")
         colors = colormaps["viridis"](np.linspace(0, 0.9, part["width"].nunique()))
@@ -445,7 +448,8 @@ def plot_lr_curves(table, path: str, metric: str = "eval_kl", panels=LR_PANELS) 
         ax.set_xscale("log")
         ax.set_xlabel(SYMBOL[lr_col])
         ax.set_ylabel(f"log10 {metric}")
-        ax.set_title(f"{SYMBOL[lr_col]} sweep ({arm}, {column}={value:g}); dotted: optimum", fontsize=9)
+        ax.set_title(f"{SYMBOL[lr_col]} sweep ({'+'.join(sorted(set(part['arm'])))}, {column}={value:g}); "
+                     "dotted: optimum", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
@@ -533,27 +537,32 @@ def plot_baselines(table, path: str, metric: str = "eval_kl") -> None:
 
 
 HYPER = ("beta", "factor_lr", "c", "direction_lr")
-TRANSFERS = (  # (label, arm, {lr column: width exponent applied when transferring from the smallest width})
-    ("adam, eta_v scaled n^-1/2 (recipe)", "v_lr", {"direction_lr": -0.5}),
-    ("adam, eta_v kept fixed", "v_lr", {}),
-    ("adam, eta_alpha scaled n^+1/2 (recipe)", "alpha_lr", {"factor_lr": 0.5}),
-    ("adam, eta_alpha kept fixed", "alpha_lr", {}),
-    ("alpha fixed to 1, eta_v kept fixed", "fixed_alpha", {}),
-    ("sgd, learning rates kept fixed", "sgd", {}),
+TRANSFERS = (  # (label, arms, {lr column: width exponent applied when transferring from the smallest width})
+    ("adam, eta_v scaled n^-1/2 (recipe)", ("v_lr", "v_fine"), {"direction_lr": -0.5}),
+    ("adam, eta_v kept fixed", ("v_lr", "v_fine"), {}),
+    ("adam, eta_alpha scaled n^+1/2 (recipe)", ("alpha_lr", "alpha_fine"), {"factor_lr": 0.5}),
+    ("adam, eta_alpha kept fixed", ("alpha_lr", "alpha_fine"), {}),
+    ("alpha fixed to 1, eta_v kept fixed", ("fixed_alpha",), {}),
+    ("sgd, learning rates kept fixed", ("sgd",), {}),
+    ("sgd with v clipping, learning rates kept fixed", ("sgd_clip",), {}),
+    ("sgd without clipping, learning rates kept fixed", ("sgd_noclip",), {}),
+    ("adam, one learning rate kept fixed", ("adam_tied",), {}),
 )
 
 
 def transfer_table(table, metric: str = "eval_kl", transfers=TRANSFERS):
     """Tune at the smallest width, transfer to the others: the best grid cell of an arm at the smallest width,
     its learning rates scaled by (n / n_min)^exponent (snapped to the nearest grid value in log) at width n.
-    `regret_log10` = log10 score there minus the width's best log10 score in that arm (0 = transfer is optimal).
-    Note: an arm's grid may already scale one rate with width (alpha_lr scales eta_v, v_lr scales eta_alpha)."""
+    `regret_log10` = log10 score there minus the width's best log10 score in those arms (0 = transfer is optimal);
+    `snap_decades` = how far the nearest grid value lay from the transferred one (a large value: the grid does not
+    hold the transferred point, so the regret is not its own). Note: an arm's grid may already scale one rate with
+    width (the eta_alpha arms scale eta_v, the eta_v arms scale eta_alpha)."""
     import pandas as pd
 
     rows = []
     data = table.assign(_log=_log_scores(table, metric))
-    for label, arm, scaling in transfers:
-        part = data[data["arm"] == arm]
+    for label, arms, scaling in transfers:
+        part = data[data["arm"].isin(arms)]
         if not len(part):
             continue
         cells = part.groupby(["width", *HYPER])["_log"].mean().reset_index()
@@ -563,13 +572,17 @@ def transfer_table(table, metric: str = "eval_kl", transfers=TRANSFERS):
         for width in widths:
             here = cells[cells["width"] == width]
             pick = np.ones(len(here), bool)
+            snap = 0.0
             for column in HYPER:
+                if here[column].nunique() == 1:
+                    continue  # not swept at this width: set by the arm (e.g. its other rate, scaled with width)
                 target = float(tuned[column]) * (width / widths[0]) ** scaling.get(column, 0.0)
-                distance = np.abs(np.log(here[column].to_numpy(np.float64)) - np.log(target))
+                distance = np.abs(np.log10(here[column].to_numpy(np.float64)) - np.log10(target))
                 pick &= distance <= distance.min() + 1e-9
+                snap = max(snap, float(distance.min()))
             value = float(here[pick]["_log"].mean())
-            rows.append({"transfer": label, "arm": arm, "width": int(width), "log10": value,
-                         "regret_log10": value - float(here["_log"].min()),
+            rows.append({"transfer": label, "arm": "+".join(arms), "width": int(width), "log10": value,
+                         "regret_log10": value - float(here["_log"].min()), "snap_decades": snap,
                          **{c: float(here[pick][c].iloc[0]) for c in HYPER}})
     return pd.DataFrame(rows)
 
