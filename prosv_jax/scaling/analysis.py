@@ -125,8 +125,13 @@ def bootstrap_exponent(table, lr_col: str, metric: str = "eval_kl", n_boot: int 
     cells = {}
     for width, part in data.groupby("width"):
         pivot = part.pivot_table(index="seed", columns=lr_col, values="_log", aggfunc="mean")
-        cells[width] = (pivot.columns.to_numpy(np.float64), pivot.to_numpy(np.float64))
+        pivot = pivot.dropna(axis=1)  # the lrs every seed ran (a coarse arm's single-seed points drop out)
+        if pivot.shape[1]:
+            cells[width] = (pivot.columns.to_numpy(np.float64), pivot.to_numpy(np.float64))
     widths = sorted(cells)
+    if len(widths) < 2:  # no slope to resample
+        return {"ci": [float("nan")] * 2, "median": float("nan"), "n_boot": 0,
+                "seeds_per_width": int(min((c[1].shape[0] for c in cells.values()), default=0))}
     slopes = []
     for _ in range(n_boot):
         opts = []
@@ -252,6 +257,7 @@ def plateau_edges(table, lr_col: str, metric: str = "eval_kl", tol: float = 0.1)
     out = []
     for width, part in data.groupby("width", sort=True):
         pivot = part.pivot_table(index="seed", columns=lr_col, values="_log", aggfunc="mean").sort_index(axis=1)
+        pivot = pivot.dropna(axis=1)  # the lrs every seed ran
         grid = np.log10(pivot.columns.to_numpy(np.float64))
         row = {"width": int(width)}
         for name, side in (("lower", 0), ("upper", 1)):
