@@ -2,8 +2,9 @@
 
     python experiments/analysis/make_figures.py --csv experiments/results/scaling_cpu.csv --out experiments/results
 
-Writes heatmaps_beta_x_eta_alpha.png, lr_sweeps.png, exponents.png, baselines.png and summary.json (fitted
-exponents with OLS and bootstrap 95% intervals, optima per width, stability edges, baselines), and prints the
+Writes heatmaps_beta_x_eta_alpha.png, lr_sweeps.png, exponents.png, baselines.png, transfer.png and summary.json
+(fitted exponents with the deciding 95% interval from seeds and grid and a verdict per prediction, the older OLS
+and seed-bootstrap intervals, optima per width, plateau and stability edges, baselines, transfer), and prints the
 exponents.
 """
 
@@ -29,14 +30,16 @@ def main(argv=None) -> int:
 
     summary = make_figures(args.csv, args.out, metric=args.metric, n_boot=args.n_boot)
     for e in summary["exponents"]:
-        print(f"{e['arm']:12s} {e['lr']:9s} {e['fixed']:10s} slope {e['slope']:+.3f}  OLS 95% "
-              f"[{e['ols_ci95'][0]:+.2f}, {e['ols_ci95'][1]:+.2f}]  bootstrap 95% [{e['boot_ci95'][0]:+.2f}, "
-              f"{e['boot_ci95'][1]:+.2f}]  predicted {e['predicted']:+.1f}")
-        print(f"{'':33s} plateau-midpoint slope {e['plateau_slope']:+.3f}  bootstrap 95% "
-              f"[{e['plateau_boot_ci95'][0]:+.2f}, {e['plateau_boot_ci95'][1]:+.2f}]; stability-edge slope "
-              f"{e['stability_edge_slope']:+.3f}")
-        print(f"{'':33s} optima {_fmt(e['optima'])}  plateau {_fmt(e['plateau_optima'])}  edge "
-              f"{_fmt(e['stability_edge'])}")
+        print(f"{e['arm']:22s} {e['lr']:9s} {e['fixed']:10s} slope {e['slope_weighted']:+.3f}  95% (seeds and grid) "
+              f"[{e['ci95'][0]:+.2f}, {e['ci95'][1]:+.2f}]  predicted {e['predicted']:+.1f}: {e['verdict']}  "
+              f"(widths located: {e['widths_located']})")
+        print(f"{'':43s} 3-point OLS {e['slope']:+.3f} [{e['ols_ci95'][0]:+.2f}, {e['ols_ci95'][1]:+.2f}]  seed "
+              f"bootstrap [{e['boot_ci95'][0]:+.2f}, {e['boot_ci95'][1]:+.2f}]")
+        for side in ("lower", "upper"):
+            edge = e[f"plateau_{side}_edge"]
+            print(f"{'':43s} plateau {side} edge slope {edge['slope']:+.3f} [{edge['ci95'][0]:+.2f}, "
+                  f"{edge['ci95'][1]:+.2f}]: {edge['verdict']}  edges {_fmt(edge['edges'])}")
+        print(f"{'':43s} optima {_fmt(e['vertex_optima'])}  stability edge {_fmt(e['stability_edge'])}")
     print(f"figures and summary.json in {args.out}")
     return 0
 
