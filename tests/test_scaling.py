@@ -3,6 +3,7 @@ a sweep resumes without redoing finished groups, and the SGD option of the optim
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -222,6 +223,10 @@ def test_a_sweep_resumes_after_a_kill_without_redoing_finished_groups(tmp_path, 
 
     with pytest.raises(ValueError, match="another spec"):  # a changed grid would be matched to the wrong groups
         run_sweep(tiny_spec(seeds=(0, 1, 2)), out, log=lambda m: None)
+    # The same grid at one more width: only the new width trains.
+    extended, info = run_sweep(dataclasses.replace(tiny_spec(), widths=(32, 64)), out, log=lambda m: None)
+    assert info["groups_trained"] == 2 and len(built) == 5 and sorted(set(extended["width"])) == [32, 64]
+    np.testing.assert_allclose(extended[extended["width"] == 32]["eval_kl"], resumed["eval_kl"], rtol=1e-6)
 
 
 # --- the SGD baseline's optimiser -------------------------------------------------------------------------------

@@ -268,18 +268,24 @@ def _groups_done(out_dir: str, count: int, per_program: int) -> list[bool]:
             for g in range(-(-count // per_program))]
 
 
+def _without_widths(data: dict) -> dict:
+    return {**{k: v for k, v in data.items() if k != "widths"},
+            "arms": [{k: v for k, v in arm.items() if k != "widths"} for arm in data["arms"]]}
+
+
 def _check_spec(out_dir: str, spec: SweepSpec) -> None:
+    """The folder's spec.json must describe the same grid; only the widths may differ (each width's runs live in
+    their own n{width}/ folder, so a sweep can be run a few widths at a time and extended)."""
     path = os.path.join(out_dir, "spec.json")
     data = json.loads(json.dumps(spec.to_dict()))  # tuples -> lists, as stored
     if os.path.isfile(path):
         with open(path) as f:
             stored = json.load(f)
         # Read back through the dataclasses: a field added since the folder was made takes its default.
-        if json.loads(json.dumps(spec_from_dict(stored).to_dict())) != data:
+        if _without_widths(json.loads(json.dumps(spec_from_dict(stored).to_dict()))) != _without_widths(data):
             raise ValueError(f"{out_dir} holds a sweep with another spec; finished groups would be matched to the "
                              "wrong runs. Use a new folder (or delete this one) for a changed grid.")
-    else:
-        _write_main(path, data)
+    _write_main(path, data)
 
 
 COLUMNS_FIRST = ("arm", "width", "optimizer", "train_factor", "beta", "alpha0", "c", "factor_lr", "direction_lr",
