@@ -114,26 +114,32 @@ def test_the_analysis_recovers_a_known_exponent_from_synthetic_results(exponent)
 
 @pytest.mark.parametrize("skew", [0.0, 10.0])
 def test_the_vertex_interval_covers_the_true_optimum_at_its_stated_rate(skew):
-    """Calibration over 200 synthetic sweeps (3 seeds, noise 0.05 decades; a parabola in log-lr, or one made steep
-    on the high side as real sweeps are): the vertex +- t * se covers the true optimum at least about 95% of the
-    time on a sqrt(2) grid, and the grid's part of the error is smaller there than on a x4 grid."""
+    """Calibration over 200 synthetic sweeps (3 seeds, each shifting its whole curve by N(0, 0.1^2), noise 0.03
+    decades; a parabola in log-lr, or one made steep on the high side as real sweeps are): the vertex +- t * se
+    covers the true optimum at least about 95% of the time on a sqrt(2) grid; pairing the runs of a seed gives a
+    smaller error than ignoring the seeds, and the grid's part of the error is smaller than on a x4 grid."""
     from scipy import stats
 
     rng = np.random.default_rng(0)
-    covered, se_fine, se_coarse = [], [], []
+    covered, se_fine, se_coarse, se_unpaired = [], [], [], []
     for _ in range(200):
         truth = rng.uniform(-0.3, 0.3)
         for step, store in ((0.5 * math.log10(2), se_fine), (math.log10(4), se_coarse)):
-            x = np.repeat(np.arange(-6, 7) * step, 3)
+            x = np.tile(np.arange(-6, 7) * step, 3)
+            seeds = np.repeat(np.arange(3), 13)
             u = x - truth
-            y = u ** 2 + skew * np.maximum(u, 0) ** 3 + 0.05 * rng.standard_normal(x.size)
-            fit = analysis.vertex_fit(10 ** x, y)
+            y = (u ** 2 + skew * np.maximum(u, 0) ** 3 + 0.1 * rng.standard_normal(3)[seeds]
+                 + 0.03 * rng.standard_normal(x.size))
+            fit = analysis.vertex_fit(10 ** x, y, seeds)
             store.append(fit["se"])
             if step < 0.2:
                 assert fit["located"]
-                covered.append(abs(fit["log10_lr"] - truth) <= stats.t.ppf(0.975, fit["points"] - 3) * fit["se"])
+                covered.append(abs(fit["log10_lr"] - truth) <= stats.t.ppf(0.975, fit["dof"]) * fit["se"])
+                se_unpaired.append(analysis.vertex_fit(10 ** x, y)["se_fit"])
+                se_fine[-1] = fit["se_fit"], fit["se"]
     assert np.mean(covered) >= 0.93
-    assert np.median(se_fine) < np.median(se_coarse)
+    assert np.median([f for f, _ in se_fine]) < 0.75 * np.median(se_unpaired)
+    assert np.median([s for _, s in se_fine]) < np.median(se_coarse)
 
 
 def test_the_weighted_fit_decides_when_precise_and_says_undecided_when_not():

@@ -5,8 +5,8 @@ The score of a run is its final metric (default: eval KL to the teacher, lower i
 at least the unsteered model's KL (it did no better than no steering). Scores are averaged over seeds in log10.
 
 The deciding fit (`vertex_fit`, `fit_power_weighted`, `verdict`): per width, a parabola in log-lr fitted by least
-squares to every run near the best grid value (all seeds), its vertex with a delta-method error that counts both
-the seed scatter and the grid; then a weighted fit of log10(lr*) on log10(n) whose interval also grows with any
+squares to every run near the best grid value (all seeds, each with its own intercept), its vertex with a
+delta-method error and the grid's resolution; then a weighted fit of log10(lr*) on log10(n) whose interval also grows with any
 excess scatter (Birge ratio), and a verdict per prediction: consistent, excluded, or undecided at this precision.
 
 Kept for comparison with the 4-width sweep: the vertex of the 3-point parabola through the best grid point and its
@@ -149,38 +149,42 @@ def bootstrap_exponent(table, lr_col: str, metric: str = "eval_kl", n_boot: int 
 
 # --- optima with intervals that count the grid and the seeds --------------------------------------------------
 
-def vertex_fit(lrs: Sequence[float], log_scores: Sequence[float], window: float = math.log10(2) + 1e-9,
-               min_points: int = 4) -> dict:
+def vertex_fit(lrs: Sequence[float], log_scores: Sequence[float], groups: Sequence | None = None,
+               window: float = math.log10(2) + 1e-9, min_points: int = 4) -> dict:
     """The optimum of a learning-rate sweep and its standard error, from every run (all seeds) near the best.
 
     Least squares of log10 score on a parabola in log10 lr over the runs whose lr lies within `window` decades
     of the best grid value (by mean over seeds), widened to the `min_points` nearest grid values when fewer fall
-    inside; the vertex with a standard error (decades) of two parts: `se_fit`, the delta-method error of the
-    vertex (the seed scatter in the residuals), and `se_grid` = step / sqrt(12) for the local grid step, which
-    bounds what a parabola can misplace on a curve that is not one (an asymmetric optimum). On synthetic sweeps
-    the interval covers the true optimum at least at its stated rate (tests/test_scaling.py).
-    `located` is False when the best grid value is the grid's end, the parabola opens downwards, or its vertex
-    lies outside the fitted points (no optimum inside the grid).
+    inside. With `groups` (each run's seed) every seed gets its own intercept: a seed's init and data order shift
+    its whole curve up or down, and pairing the learning rates within a seed takes that shift out of the vertex.
+    The vertex has a standard error (decades) of two parts: `se_fit`, the delta-method error of the vertex (the
+    scatter left in the residuals), and `se_grid` = step / sqrt(12) for the local grid step, which bounds what a
+    parabola can misplace on a curve that is not one (an asymmetric optimum). On synthetic sweeps the interval
+    covers the true optimum at least at its stated rate (tests/test_scaling.py). `located` is False when the best
+    grid value is the grid's end, the parabola opens downwards, or its vertex lies outside the fitted points.
     """
     x = np.log10(np.asarray(lrs, np.float64))
     y = np.asarray(log_scores, np.float64)
+    g = np.zeros(len(x), np.int64) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
     ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
+    x, y, g = x[ok], y[ok], g[ok]
     grid = np.unique(x)
     nan = {"log10_lr": float("nan"), "lr": float("nan"), "se": float("inf"), "located": False, "points": 0}
     if grid.size < 3:
         return nan
-    means = np.asarray([y[x == g].mean() for g in grid])
+    means = np.asarray([y[x == v].mean() for v in grid])
     best = grid[int(np.argmin(means))]
     near = grid[np.abs(grid - best) <= window]
     if near.size < min_points:
         near = grid[np.argsort(np.abs(grid - best), kind="stable")[:min_points]]
     use = np.isin(x, near)
     u, v = x[use] - best, y[use]
-    design = np.stack([np.ones_like(u), u, u * u], axis=1)  # [m, 3]
+    levels = np.unique(g[use])
+    intercepts = (g[use][:, None] == levels[None, :]).astype(np.float64)  # [m, seeds]: one intercept per seed
+    design = np.concatenate([intercepts, np.stack([u, u * u], axis=1)], axis=1)  # [m, seeds + 2]
     coef, *_ = np.linalg.lstsq(design, v, rcond=None)
-    dof = len(u) - 3
-    c1, c2 = coef[1], coef[2]
+    dof = len(u) - design.shape[1]
+    c1, c2 = coef[-2], coef[-1]
     edge = best in (grid[0], grid[-1])
     if c2 <= 0:
         return {**nan, "log10_lr": float(best), "lr": float(10 ** best), "points": int(len(u)), "at_edge": edge}
@@ -189,14 +193,15 @@ def vertex_fit(lrs: Sequence[float], log_scores: Sequence[float], window: float 
     if dof > 0:
         sigma2 = float(((v - design @ coef) ** 2).sum() / dof)
         cov = sigma2 * np.linalg.pinv(design.T @ design)
-        grad = np.asarray([0.0, -1 / (2 * c2), -vertex / c2])  # d vertex / d (c0, c1, c2)
+        grad = np.zeros(design.shape[1])
+        grad[-2:] = [-1 / (2 * c2), -vertex / c2]  # d vertex / d (c1, c2); the intercepts do not move it
         se_fit = float(math.sqrt(max(grad @ cov @ grad, 0.0)))
     else:
         se_fit = float("inf")
     se_grid = float(np.median(np.diff(np.sort(near)))) / math.sqrt(12)
     return {"log10_lr": float(best + vertex), "lr": float(10 ** (best + vertex)),
             "se": float(math.hypot(se_fit, se_grid)), "se_fit": se_fit, "se_grid": se_grid,
-            "located": bool(inside and not edge), "points": int(len(u)), "at_edge": edge}
+            "located": bool(inside and not edge), "points": int(len(u)), "dof": int(dof), "at_edge": edge}
 
 
 def fit_power_weighted(widths: Sequence[float], log10_lrs: Sequence[float], se: Sequence[float],
@@ -245,7 +250,8 @@ def verdict(ci: Sequence[float], predicted: float, resolution: float = RESOLUTIO
 def vertex_optima(table, lr_col: str, metric: str = "eval_kl") -> list[dict]:
     """`vertex_fit` per width over every run of `table` (one slice of the grid: the other hyperparameters fixed)."""
     data = table.assign(_log=_log_scores(table, metric))
-    return [{"width": int(width), **vertex_fit(part[lr_col].to_numpy(np.float64), part["_log"].to_numpy())}
+    return [{"width": int(width), **vertex_fit(part[lr_col].to_numpy(np.float64), part["_log"].to_numpy(),
+                                               part["seed"].to_numpy() if "seed" in part else None)}
             for width, part in data.groupby("width", sort=True)]
 
 
