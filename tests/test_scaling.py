@@ -369,6 +369,9 @@ def test_the_estimate_counts_every_arm_s_runs_and_the_scaled_data():
     assert out["seconds"] == pytest.approx(out["tflop"] * 1e12 / 1e12)
     with pytest.raises(ValueError, match="flops_per_s"):
         cost.estimate(spec, measure=False)
+    tiny = dataclasses.replace(tiny_spec(), data_exponent=1.0, data_ref_width=32)
+    measured = cost.estimate(tiny, log=lambda m: None)["widths"][0]  # times real steps at width 32
+    assert measured["step_s_per_run"] > 0 and measured["seconds"] >= 4 * measured["step_s_per_run"]
 
 
 def test_the_wide_sweep_centres_its_grids_on_the_prediction_and_its_launcher_estimates_it(capsys):
