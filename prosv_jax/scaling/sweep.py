@@ -7,6 +7,7 @@ Layout of a sweep folder:
     n{width}/task.json          the planted task's statistics (loss floor, teacher-to-plain KL, ...)
     n{width}/{arm}/             one Trainer folder per (width, arm): groups/, runs/, summary.json
     n{width}/{arm}/planted_metrics.json   the scored runs (cached)
+    n{width}/{arm}/grid.json    a refining arm's learning rates at that width, chosen once from its coarse arm
     results.csv                 ONE tidy table: a row per run, every hyperparameter, width, metrics, curve path
 
 Resuming: groups with a `done.json` are skipped by the Trainer and scored runs are read from the cache, so a
@@ -15,7 +16,10 @@ rerun after a kill trains only the unfinished groups (and a finished sweep train
 Arms: each arm is one optimiser / steering variant with its own grid (a cartesian product). Learning rates are
 absolute, or, with `*_lr_exponent` set, bases scaled as base * (n / lr_ref_width)^exponent, so that one axis can
 be swept while the other learning rate follows the predicted scaling. `alpha0s` fixes alpha_0 itself (beta =
-alpha0 / sqrt(n)); with `train_factor=False` that is the "fixed alpha, train v only" baseline.
+alpha0 / sqrt(n)); with `train_factor=False` that is the "fixed alpha, train v only" baseline. An arm may refine an
+earlier one (a fine grid around that arm's best value at each width), run at some widths only, use plain SGD,
+drop the v-only clipping, tie both learning rates, or select a factor after training. The data may grow with
+width (`data_exponent`). The sweeps the project runs are in `prosv_jax.scaling.specs`.
 """
 
 from __future__ import annotations
