@@ -267,23 +267,21 @@ def plateau_edges(table, lr_col: str, metric: str = "eval_kl", tol: float = 0.1)
         grid = np.log10(pivot.columns.to_numpy(np.float64))
         row = {"width": int(width)}
         for name, side in (("lower", 0), ("upper", 1)):
-            def edge(values):
-                lrs = 10 ** grid
-                finite = np.isfinite(values)
-                if not finite.any():
-                    return float("nan"), True
-                lo_hi = _plateau_span(values, tol)
-                j = lo_hi[side]
-                return float(np.log10(lrs[j])), j in (0, len(grid) - 1)
-            value, censored = edge(pivot.mean(axis=0).to_numpy())
-            per_seed = [edge(r)[0] for r in pivot.to_numpy()]
-            j = int(np.argmin(np.abs(grid - value))) if np.isfinite(value) else 0
+            j = _edge_index(pivot.mean(axis=0).to_numpy(), tol, side)
+            value, censored = (float("nan"), True) if j is None else (float(grid[j]), j in (0, len(grid) - 1))
+            per_seed = [np.nan if k is None else grid[k] for k in (_edge_index(r, tol, side) for r in pivot.to_numpy())]
+            j = 0 if j is None else j
             # The step beyond the edge: to the next grid value below a lower edge, above an upper one.
             step = np.diff(grid)[min(max(j - (side == 0), 0), len(grid) - 2)] if len(grid) > 1 else float("nan")
             seed_var = float(np.nanvar(per_seed, ddof=1) / len(per_seed)) if len(per_seed) > 1 else 0.0
             row[name] = {"log10_lr": value, "se": float(math.sqrt(step ** 2 / 12 + seed_var)), "censored": censored}
         out.append(row)
     return out
+
+
+def _edge_index(values: np.ndarray, tol: float, side: int) -> int | None:
+    """The grid index of the plateau's lower (side 0) or upper (side 1) edge; None when no value is finite."""
+    return _plateau_span(values, tol)[side] if np.isfinite(values).any() else None
 
 
 def _plateau_span(values: np.ndarray, tol: float) -> tuple[int, int]:
