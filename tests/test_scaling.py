@@ -315,6 +315,46 @@ def test_a_refining_arm_centres_its_fine_grid_on_the_coarse_optimum_and_keeps_it
     assert info["groups_trained"] == 0 and again.equals(table)
 
 
+def test_transfer_arms_carry_the_small_width_optimum_and_can_be_added_to_a_finished_sweep(tmp_path):
+    from prosv_jax.scaling.analysis import transfer_table
+
+    coarse = (Arm("v", direction_lrs=(0.003, 0.03, 0.3, 3.0), factor_lrs=(1.0,)),)
+    out = str(tmp_path / "sweep")
+    first, _ = run_sweep(scaled_spec(coarse), out, log=lambda m: None)
+    transfers = (Arm("v_scaled", refine="v", refine_multipliers=(1.0,), factor_lrs=(1.0,), transfer_from=32,
+                     transfer_exponent=-0.5, widths=(64,)),
+                 Arm("v_fixed", refine="v", refine_multipliers=(1.0,), factor_lrs=(1.0,), transfer_from=32,
+                     widths=(64,)))
+    table, info = run_sweep(scaled_spec(coarse + transfers), out, log=lambda m: None)  # arms added: only they train
+    assert info["groups_trained"] == 2 and table[table["arm"] == "v"].equals(first[first["arm"] == "v"].reindex(
+        columns=table.columns).astype(table.dtypes))
+    small = first[first["width"] == 32].set_index("direction_lr")["eval_kl"]
+    tuned = small.idxmin()
+    lrs = table.set_index("arm")["direction_lr"]
+    np.testing.assert_allclose([lrs["v_scaled"], lrs["v_fixed"]], [tuned * 2 ** -0.5, tuned], rtol=1e-9)
+    assert (table["transfer_from"] == 32).sum() == 2
+    with open(os.path.join(out, "timing.jsonl")) as f:  # the cost, arm by arm, as trained
+        timed = [json.loads(line) for line in f]
+    assert [(t["width"], t["arm"]) for t in timed] == [(32, "v"), (64, "v"), (64, "v_scaled"), (64, "v_fixed")]
+    assert all(t["seconds"] > 0 for t in timed)
+
+    rules = (("scaled", ("v",), {"direction_lr": -0.5}, "v_scaled"), ("fixed", ("v",), {}, "v_fixed"))
+    moved = transfer_table(table, transfers=rules).set_index(["transfer", "width"])
+    assert moved["exact"].tolist() == [False, True, False, True] and (moved["snap_decades"] == 0).all()
+    at64 = table[table["width"] == 64]
+    best = np.log10(at64["eval_kl"].min())
+    for rule in ("scaled", "fixed"):
+        kl = float(at64.loc[at64["arm"] == f"v_{rule}", "eval_kl"].iloc[0])
+        assert moved.loc[(rule, 64), "regret_log10"] == pytest.approx(np.log10(kl) - best, abs=1e-6)
+    with pytest.raises(ValueError, match="another spec .*'v'"):  # an arm kept under its name keeps its grid
+        run_sweep(scaled_spec((Arm("v", direction_lrs=(0.1,)),) + transfers), out, log=lambda m: None)
+    with pytest.raises(ValueError, match="include width 32"):
+        run_sweep(dataclasses.replace(scaled_spec(coarse + transfers), widths=(64,)), str(tmp_path / "other"),
+                  log=lambda m: None)
+    with pytest.raises(ValueError, match="set refine"):
+        Arm("orphan", transfer_from=32)
+
+
 def test_a_refining_arm_must_follow_its_coarse_arm_and_match_a_slice_of_it():
     with pytest.raises(ValueError, match="not an earlier arm"):
         scaled_spec((Arm("fine", refine="v", refine_multipliers=(1.0,)), Arm("v")))
@@ -388,6 +428,10 @@ def test_the_wide_sweep_centres_its_grids_on_the_prediction_and_its_launcher_est
     np.testing.assert_allclose(v_1024[-1] / v_1024[0], 64, rtol=1e-9)
     assert len(by_name["v_fine"].seeds) == 3 and by_name["v_fine"].refine_multipliers[0] == pytest.approx(0.5)
     assert by_name["sgd_noclip"].clip_norm is None and by_name["adam_tied"].tied_lrs
+    carried = by_name["alpha_transfer_fixed"]
+    assert (carried.refine, carried.refine_axis, carried.transfer_from, carried.transfer_exponent) == (
+        "alpha_fine", "factor", 64, 0.0) and carried.widths == (128, 256, 512, 1024, 2048)
+    assert by_name["v_transfer_scaled"].transfer_exponent == -0.5
     assert len(by_name["fixed_alpha"].factor_search) == 14 and by_name["fixed_alpha"].widths == (64, 256, 1024)
     assert wide.batch_at(64) == 8 and wide.batch_at(2048) == round(8 * 32 ** 0.75)
     assert specs.gpu_spec().widths[-1] == 8192 and all(not a.widths or 8192 in a.widths for a in specs.gpu_spec().arms)

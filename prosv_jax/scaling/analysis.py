@@ -512,6 +512,8 @@ def baseline_table(table, metric: str = "eval_kl"):
 
     keys = ["beta", "factor_lr", "c", "direction_lr"]
     data = table.assign(_log=_log_scores(table, metric))
+    if "transfer_from" in data:
+        data = data[data["transfer_from"].isna()]  # a transfer arm's single point is not an arm's best
     rows = []
     for (arm, width), part in data.groupby(["arm", "width"]):
         cells = part.groupby(keys).agg(log=("_log", "mean"), cos=("cos_edit", "mean"),
@@ -547,22 +549,24 @@ def plot_baselines(table, path: str, metric: str = "eval_kl") -> None:
 
 
 HYPER = ("beta", "factor_lr", "c", "direction_lr")
-TRANSFERS = (  # (label, arms, {lr column: width exponent applied when transferring from the smallest width})
-    ("adam, eta_v scaled n^-1/2 (recipe)", ("v_lr", "v_fine"), {"direction_lr": -0.5}),
-    ("adam, eta_v kept fixed", ("v_lr", "v_fine"), {}),
-    ("adam, eta_alpha scaled n^+1/2 (recipe)", ("alpha_lr", "alpha_fine"), {"factor_lr": 0.5}),
-    ("adam, eta_alpha kept fixed", ("alpha_lr", "alpha_fine"), {}),
-    ("alpha fixed to 1, eta_v kept fixed", ("fixed_alpha",), {}),
-    ("sgd, learning rates kept fixed", ("sgd",), {}),
-    ("sgd with v clipping, learning rates kept fixed", ("sgd_clip",), {}),
-    ("sgd without clipping, learning rates kept fixed", ("sgd_noclip",), {}),
-    ("adam, one learning rate kept fixed", ("adam_tied",), {}),
+TRANSFERS = (  # (label, arms, {lr column: width exponent applied when transferring from the smallest width},
+    #             the arm that ran the transferred point itself at the larger widths, if the sweep has one)
+    ("adam, eta_v scaled n^-1/2 (recipe)", ("v_lr", "v_fine"), {"direction_lr": -0.5}, "v_transfer_scaled"),
+    ("adam, eta_v kept fixed", ("v_lr", "v_fine"), {}, "v_transfer_fixed"),
+    ("adam, eta_alpha scaled n^+1/2 (recipe)", ("alpha_lr", "alpha_fine"), {"factor_lr": 0.5}, "alpha_transfer_scaled"),
+    ("adam, eta_alpha kept fixed", ("alpha_lr", "alpha_fine"), {}, "alpha_transfer_fixed"),
+    ("alpha fixed to 1, eta_v kept fixed", ("fixed_alpha",), {}, None),
+    ("sgd, learning rates kept fixed", ("sgd",), {}, None),
+    ("sgd with v clipping, learning rates kept fixed", ("sgd_clip",), {}, None),
+    ("sgd without clipping, learning rates kept fixed", ("sgd_noclip",), {}, None),
+    ("adam, one learning rate kept fixed", ("adam_tied",), {}, None),
 )
 
 
 def transfer_table(table, metric: str = "eval_kl", transfers=TRANSFERS):
     """Tune at the smallest width, transfer to the others: the best grid cell of an arm at the smallest width,
-    its learning rates scaled by (n / n_min)^exponent (snapped to the nearest grid value in log) at width n.
+    its learning rates scaled by (n / n_min)^exponent at width n. Where the sweep ran that point (a transfer arm,
+    `Arm.transfer_from`), its own score is read (`exact`); else the nearest grid value in log stands in.
     `regret_log10` = log10 score there minus the width's best log10 score in those arms (0 = transfer is optimal);
     `snap_decades` = how far the nearest grid value lay from the transferred one (a large value: the grid does not
     hold the transferred point, so the regret is not its own). Note: an arm's grid may already scale one rate with
@@ -571,29 +575,35 @@ def transfer_table(table, metric: str = "eval_kl", transfers=TRANSFERS):
 
     rows = []
     data = table.assign(_log=_log_scores(table, metric))
-    for label, arms, scaling in transfers:
+    for label, arms, scaling, exact_arm in transfers:
         part = data[data["arm"].isin(arms)]
         if not len(part):
             continue
         cells = part.groupby(["width", *HYPER])["_log"].mean().reset_index()
+        exact = data[data["arm"] == exact_arm].groupby(["width", *HYPER])["_log"].mean().reset_index()
         widths = sorted(cells["width"].unique())
         small = cells[cells["width"] == widths[0]]
         tuned = small.loc[small["_log"].idxmin()]
         for width in widths:
             here = cells[cells["width"] == width]
-            pick = np.ones(len(here), bool)
-            snap = 0.0
-            for column in HYPER:
-                if here[column].nunique() == 1:
-                    continue  # not swept at this width: set by the arm (e.g. its other rate, scaled with width)
-                target = float(tuned[column]) * (width / widths[0]) ** scaling.get(column, 0.0)
-                distance = np.abs(np.log10(here[column].to_numpy(np.float64)) - np.log10(target))
-                pick &= distance <= distance.min() + 1e-9
-                snap = max(snap, float(distance.min()))
-            value = float(here[pick]["_log"].mean())
+            ran = exact[exact["width"] == width]
+            best = min(float(here["_log"].min()), float(ran["_log"].min()) if len(ran) else np.inf)
+            if len(ran):
+                pick, snap = ran, 0.0
+            else:
+                mask, snap = np.ones(len(here), bool), 0.0
+                for column in HYPER:
+                    if here[column].nunique() == 1:
+                        continue  # not swept at this width: set by the arm (e.g. its other rate, scaled with width)
+                    target = float(tuned[column]) * (width / widths[0]) ** scaling.get(column, 0.0)
+                    distance = np.abs(np.log10(here[column].to_numpy(np.float64)) - np.log10(target))
+                    mask &= distance <= distance.min() + 1e-9
+                    snap = max(snap, float(distance.min()))
+                pick = here[mask]
+            value = float(pick["_log"].mean())
             rows.append({"transfer": label, "arm": "+".join(arms), "width": int(width), "log10": value,
-                         "regret_log10": value - float(here["_log"].min()), "snap_decades": snap,
-                         **{c: float(here[pick][c].iloc[0]) for c in HYPER}})
+                         "regret_log10": value - best, "snap_decades": snap, "exact": bool(len(ran)),
+                         **{c: float(pick[c].iloc[0]) for c in HYPER}})
     return pd.DataFrame(rows)
 
 

@@ -80,10 +80,25 @@ def wide_spec(widths: Sequence[int] = WIDE_WIDTHS, *, data_exponent: float = 0.7
                 factor_lr_exponent=0.5, direction_lrs=_grid(0.3, 4.0, -2, 2), widths=side),
             # Adam with one learning rate for both groups (no parameter grouping).
             Arm("adam_tied", tied_lrs=True, betas=(1.0,), direction_lrs=_grid(0.02, 4.0, -2, 3), widths=side),
+            # Transfer: the learning rate tuned at the smallest width (the fine arm's best), carried to every larger
+            # width scaled as predicted or kept fixed (one seed; the other rate as in its arm).
+            *_transfer_arms(widths, fine_v=dict(recipe), fine_alpha=dict(
+                betas=(4.0,), refine_axis="factor", direction_lrs=(0.02,), direction_lr_exponent=-0.5)),
         ),
         family=Family(), task=TaskSpec(), epochs=1, batch_size=8, runs_per_program=15,
         data_exponent=data_exponent, data_ref_width=64,
     )
+
+
+def _transfer_arms(widths: Sequence[int], fine_v: dict, fine_alpha: dict) -> tuple[Arm, ...]:
+    """v_transfer_scaled / _fixed and alpha_transfer_scaled / _fixed: the best v_fine (alpha_fine) learning rate at
+    the smallest width times (n / n_min)^(-1/2 or +1/2) or kept, at every larger width."""
+    arms = []
+    for axis, kwargs, exponent in (("v", fine_v, -0.5), ("alpha", fine_alpha, 0.5)):
+        for rule, power in (("scaled", exponent), ("fixed", 0.0)):
+            arms.append(Arm(f"{axis}_transfer_{rule}", refine=f"{axis}_fine", refine_multipliers=(1.0,),
+                            transfer_from=widths[0], transfer_exponent=power, widths=tuple(widths[1:]), **kwargs))
+    return tuple(arms)
 
 
 def gpu_spec(widths: Sequence[int] = (256, 512, 1024, 2048, 4096, 8192)) -> SweepSpec:

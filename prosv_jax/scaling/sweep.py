@@ -3,12 +3,14 @@ beta, eta_alpha (factor lr), c, eta_v (direction lr) and seeds, trained through 
 
 Layout of a sweep folder:
 
-    spec.json                   the sweep's spec (a rerun with another spec in the same folder is refused)
+    spec.json                   the sweep's spec (a rerun that changes an arm's grid in the same folder is refused;
+                                widths and new arms may be added)
     n{width}/task.json          the planted task's statistics (loss floor, teacher-to-plain KL, ...)
     n{width}/{arm}/             one Trainer folder per (width, arm): groups/, runs/, summary.json
     n{width}/{arm}/planted_metrics.json   the scored runs (cached)
     n{width}/{arm}/grid.json    a refining arm's learning rates at that width, chosen once from its coarse arm
     results.csv                 ONE tidy table: a row per run, every hyperparameter, width, metrics, curve path
+    timing.jsonl                the training wall time of each (width, arm) as it was trained
 
 Resuming: groups with a `done.json` are skipped by the Trainer and scored runs are read from the cache, so a
 rerun after a kill trains only the unfinished groups (and a finished sweep trains nothing, and builds no model).
@@ -17,7 +19,8 @@ Arms: each arm is one optimiser / steering variant with its own grid (a cartesia
 absolute, or, with `*_lr_exponent` set, bases scaled as base * (n / lr_ref_width)^exponent, so that one axis can
 be swept while the other learning rate follows the predicted scaling. `alpha0s` fixes alpha_0 itself (beta =
 alpha0 / sqrt(n)); with `train_factor=False` that is the "fixed alpha, train v only" baseline. An arm may refine an
-earlier one (a fine grid around that arm's best value at each width), run at some widths only, use plain SGD,
+earlier one (a fine grid around that arm's best value at each width) or carry that best value from the smallest
+width to larger ones (scaled or fixed: the transfer test), run at some widths only, use plain SGD,
 drop the v-only clipping, tie both learning rates, or select a factor after training. The data may grow with
 width (`data_exponent`). The sweeps the project runs are in `prosv_jax.scaling.specs`.
 """
@@ -80,6 +83,8 @@ class Arm:
     A refining arm (`refine` = an earlier arm's name) sweeps one learning rate (`refine_axis`) over
     `refine_multipliers` x the best grid value of that earlier arm at the same width (the earlier arm's rows with
     this arm's init, c and other learning rate), so a coarse grid finds the optimum and a fine one locates it.
+    A transferring arm (`transfer_from` = a smaller width) takes that best value at `transfer_from` instead, times
+    (n / transfer_from)^`transfer_exponent` (0: the learning rate kept fixed): the lr tuned small, carried to n.
     `factor_search`: the learned edit is also scaled by each of these factors after training, and the factor with
     the lowest KL on training prompts is kept (AxBench's post-hoc factor selection, for the fixed-factor SV).
     """
@@ -102,6 +107,8 @@ class Arm:
     refine_multipliers: tuple[float, ...] = ()
     factor_search: tuple[float, ...] = ()
     widths: tuple[int, ...] = ()  # the widths this arm runs at (empty: every width of the sweep)
+    transfer_from: int = 0  # a refining arm's source width (0: this width)
+    transfer_exponent: float = 0.0  # the carried lr x (n / transfer_from)^transfer_exponent
 
     def __post_init__(self):
         for axis in ("betas", "alpha0s", "factor_lrs", "cs", "direction_lrs", "seeds", "refine_multipliers",
@@ -122,6 +129,9 @@ class Arm:
                 "factor" if self.refine_axis == "direction" else "direction")) != 1):
             raise ValueError(f"arm {self.name}: a refining arm sweeps only {self.refine_axis}_lrs; give it one "
                              "init, one c and one value of the other learning rate")
+        if self.transfer_from and not self.refine:
+            raise ValueError(f"arm {self.name}: transfer_from carries the best value of the arm named by `refine` "
+                             "from a smaller width; set refine (and refine_multipliers=(1.0,))")
         if self.factor_search and self.train_factor:
             raise ValueError(f"arm {self.name}: factor_search is the post-hoc factor selection of a frozen factor; "
                              "set train_factor=False")
@@ -169,10 +179,12 @@ class SweepSpec:
                 raise ValueError(f"arm {arm.name} refines {arm.refine!r}, which is not an earlier arm of the "
                                  f"sweep (arms in order: {names})")
             coarse = self.arms[names.index(arm.refine)] if arm.refine else None
-            missing = [w for w in self.widths if arm.runs_at(w) and coarse is not None and not coarse.runs_at(w)]
+            # A transferring arm's source width may lie outside this call's widths (checked when it is needed).
+            sources = [arm.transfer_from] if arm.transfer_from else [w for w in self.widths if arm.runs_at(w)]
+            missing = [w for w in sources if coarse is not None and not coarse.runs_at(w)]
             if missing:
-                raise ValueError(f"arm {arm.name} runs at widths {missing}, where the arm it refines "
-                                 f"({arm.refine}) does not")
+                raise ValueError(f"arm {arm.name} {'transfers from' if arm.transfer_from else 'runs at'} widths "
+                                 f"{missing}, where the arm it refines ({arm.refine}) does not run")
             outside = sorted(set(arm.widths) - set(self.widths))
             if outside:
                 raise ValueError(f"arm {arm.name} lists widths {outside} that are not the sweep's {self.widths}")
@@ -224,6 +236,7 @@ def arm_runs(arm: Arm, width: int, lr_ref_width: int = 256, refined: Sequence[fl
                       lrs=(("factor", factor_lr), ("direction", direction_lr)))
         row = {"arm": arm.name, "width": width, "optimizer": arm.optimizer, "train_factor": arm.train_factor,
                "clip_norm": arm.clip_norm, "tied_lrs": arm.tied_lrs, "refines": arm.refine or None,
+               "transfer_from": arm.transfer_from or None,
                "beta": beta, "alpha0": beta * math.sqrt(width), "c": c, "factor_lr": factor_lr,
                "direction_lr": direction_lr, "factor_lr_base": fa, "direction_lr_base": dv,
                "factor_lr_exponent": exponents["factor"], "direction_lr_exponent": exponents["direction"],
@@ -235,24 +248,26 @@ def arm_runs(arm: Arm, width: int, lr_ref_width: int = 256, refined: Sequence[fl
 def refined_grid(arm: Arm, coarse_rows: Sequence[dict], width: int, lr_ref_width: int = 256) -> list[float]:
     """A refining arm's learning rates at `width`: its multipliers x the best value of its `refine_axis` among
     the coarse arm's rows that share this arm's init, c and other learning rate (mean log10 KL over seeds;
-    a diverged run scores as no steering)."""
+    a diverged run scores as no steering). A transferring arm passes the coarse rows at its `transfer_from`."""
     import pandas as pd
 
     from prosv_jax.scaling.analysis import score
 
     axis = f"{arm.refine_axis}_lr"
-    probe = arm_runs(dataclasses.replace(arm, refine="", refine_multipliers=()), width, lr_ref_width)[0][1]
+    source = arm.transfer_from or width
+    probe = arm_runs(dataclasses.replace(arm, refine="", refine_multipliers=(), transfer_from=0), source,
+                   lr_ref_width)[0][1]
     table = pd.DataFrame(list(coarse_rows))
     match = np.ones(len(table), bool)
     for column in ("beta", "c") + (() if arm.tied_lrs else tuple(f"{a}_lr" for a in AXES if a != arm.refine_axis)):
         match &= np.isclose(table[column].to_numpy(np.float64), probe[column], rtol=1e-9)
     part = table[match]
     if not len(part):
-        raise ValueError(f"arm {arm.name} refines {arm.refine} at width {width}, but no run of {arm.refine} has "
+        raise ValueError(f"arm {arm.name} refines {arm.refine} at width {source}, but no run of {arm.refine} has "
                          f"beta={probe['beta']:g}, c={probe['c']:g} and this arm's other learning rate: give the "
                          "refining arm a slice of the coarse arm's grid")
     means = part.assign(_log=np.log10(np.maximum(score(part), 1e-12))).groupby(axis)["_log"].mean()
-    best = float(means.idxmin())
+    best = float(means.idxmin()) * (width / source) ** arm.transfer_exponent
     return [best * m for m in arm.refine_multipliers]
 
 
@@ -273,22 +288,27 @@ def _groups_done(out_dir: str, count: int, per_program: int) -> list[bool]:
 
 
 def _without_widths(data: dict) -> dict:
-    return {**{k: v for k, v in data.items() if k != "widths"},
-            "arms": [{k: v for k, v in arm.items() if k != "widths"} for arm in data["arms"]]}
+    return {**{k: v for k, v in data.items() if k not in ("widths", "arms")},
+            "arms": {arm["name"]: {k: v for k, v in arm.items() if k != "widths"} for arm in data["arms"]}}
 
 
 def _check_spec(out_dir: str, spec: SweepSpec) -> None:
-    """The folder's spec.json must describe the same grid; only the widths may differ (each width's runs live in
-    their own n{width}/ folder, so a sweep can be run a few widths at a time and extended)."""
+    """The folder's spec.json must describe the same grid where the two overlap: the widths may differ and arms may
+    be added or left out (each width's and each arm's runs live in their own n{width}/{arm}/ folder, so a sweep can
+    be run a few widths at a time and extended), but an arm kept under its name must keep its grid."""
     path = os.path.join(out_dir, "spec.json")
     data = json.loads(json.dumps(spec.to_dict()))  # tuples -> lists, as stored
     if os.path.isfile(path):
         with open(path) as f:
             stored = json.load(f)
         # Read back through the dataclasses: a field added since the folder was made takes its default.
-        if _without_widths(json.loads(json.dumps(spec_from_dict(stored).to_dict()))) != _without_widths(data):
-            raise ValueError(f"{out_dir} holds a sweep with another spec; finished groups would be matched to the "
-                             "wrong runs. Use a new folder (or delete this one) for a changed grid.")
+        old, new = _without_widths(json.loads(json.dumps(spec_from_dict(stored).to_dict()))), _without_widths(data)
+        changed = sorted(name for name in set(old["arms"]) & set(new["arms"]) if old["arms"][name] != new["arms"][name])
+        if changed or {**old, "arms": None} != {**new, "arms": None}:
+            what = f"arms {changed} changed their grid" if changed else "the model, task or data settings changed"
+            raise ValueError(f"{out_dir} holds a sweep with another spec ({what}); finished groups would be matched "
+                             "to the wrong runs. Use a new folder (or delete this one), or give a changed arm a new "
+                             "name.")
     _write_main(path, data)
 
 
@@ -310,9 +330,10 @@ def run_sweep(spec: SweepSpec, out_dir: str, *, progress: bool = False, log: Cal
     _check_spec(out_dir, spec)
     start = time.time()
     rows, info = [], {"groups_total": 0, "groups_trained": 0, "per_width": {}}
+    rows_by_arm = {}  # (width, arm name) -> rows: what refining and transferring arms read
     for width in spec.widths:
         t0 = time.time()
-        rows.extend(_sweep_width(spec, width, out_dir, progress, log, info))
+        rows.extend(_sweep_width(spec, width, out_dir, progress, log, info, rows_by_arm))
         info["per_width"][width] = round(time.time() - t0, 1)
         log(f"width {width}: {info['per_width'][width]} s")
     table = pd.DataFrame(rows)
@@ -324,12 +345,13 @@ def run_sweep(spec: SweepSpec, out_dir: str, *, progress: bool = False, log: Cal
     return table, info
 
 
-def _sweep_width(spec: SweepSpec, width: int, out_dir: str, progress: bool, log, info) -> list[dict]:
+def _sweep_width(spec: SweepSpec, width: int, out_dir: str, progress: bool, log, info, rows_by_arm: dict
+                 ) -> list[dict]:
     width_dir = os.path.join(out_dir, f"n{width}")
     os.makedirs(width_dir, exist_ok=True)
     task_stats = _read_json(os.path.join(width_dir, "task.json"))
     task = None
-    rows, rows_by_arm = [], {}
+    rows = []
     for arm in (a for a in spec.arms if a.runs_at(width)):
         arm_dir = os.path.join(width_dir, arm.name)
         refined = _refined(spec, arm, rows_by_arm, width, arm_dir) if arm.refine else ()
@@ -347,7 +369,12 @@ def _sweep_width(spec: SweepSpec, width: int, out_dir: str, progress: bool, log,
             if not all(done):
                 log(f"width {width} arm {arm.name}: training {sum(not d for d in done)} of {len(done)} group(s) "
                     f"of {per_program} run(s)")
+            started = time.time()
             cached = _train_and_score(spec, task, arm, runs, per_program, arm_dir, progress)
+            if jax.process_index() == 0:  # the sweep's cost, arm by arm (resumed parts add lines)
+                with open(os.path.join(out_dir, "timing.jsonl"), "a") as f:
+                    f.write(json.dumps({"width": width, "arm": arm.name, "groups_trained": sum(not d for d in done),
+                                        "runs": len(runs), "seconds": round(time.time() - started, 1)}) + "\n")
         arm_rows = []
         for run, hyper in runs:
             metrics = dict(cached[run.name])
@@ -360,7 +387,7 @@ def _sweep_width(spec: SweepSpec, width: int, out_dir: str, progress: bool, log,
             arm_rows.append({**hyper, **_family_columns(spec, width), "floor": task_stats["floor"],
                              "plain_nll": task_stats["plain_nll"], "eval_plain_kl": plain_kl,
                              "eval_teacher_entropy": task_stats["eval_teacher_entropy"], **metrics})
-        rows_by_arm[arm.name] = arm_rows
+        rows_by_arm[width, arm.name] = arm_rows
         rows.extend(arm_rows)
     return rows
 
@@ -372,7 +399,11 @@ def _refined(spec: SweepSpec, arm: Arm, rows_by_arm: dict, width: int, arm_dir: 
     stored = _read_json(path)
     if stored is not None:
         return stored["lrs"]
-    lrs = refined_grid(arm, rows_by_arm[arm.refine], width, spec.lr_ref_width)
+    source = arm.transfer_from or width
+    if (source, arm.refine) not in rows_by_arm:
+        raise ValueError(f"arm {arm.name} transfers the best {arm.refine} run from width {source}, which this call "
+                         f"does not sweep: include width {source} (a finished width is read back in seconds)")
+    lrs = refined_grid(arm, rows_by_arm[source, arm.refine], width, spec.lr_ref_width)
     _write_main(path, {"refines": arm.refine, "axis": arm.refine_axis, "best": lrs[arm.refine_multipliers.index(1.0)]
                        if 1.0 in arm.refine_multipliers else None, "lrs": lrs})
     return lrs
