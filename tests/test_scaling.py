@@ -432,6 +432,16 @@ def test_the_wide_sweep_centres_its_grids_on_the_prediction_and_its_launcher_est
     assert (carried.refine, carried.refine_axis, carried.transfer_from, carried.transfer_exponent) == (
         "alpha_fine", "factor", 64, 0.0) and carried.widths == (128, 256, 512, 1024, 2048)
     assert by_name["v_transfer_scaled"].transfer_exponent == -0.5
+    part = {a.name: a for a in wide.restricted((1024, 2048)).arms}  # a run of some widths: the same arms' grids
+    assert part["fixed_alpha"].widths == (1024,) and part["v_transfer_fixed"].widths == (1024, 2048)
+    assert part["v_transfer_fixed"].transfer_from == 64 and "alpha_plateau" in part
+    assert [a.name for a in wide.restricted((128,)).arms if a.widths] == [a.name for a in wide.arms if "transfer" in
+                                                                          a.name]
+    with pytest.raises(ValueError, match="not the sweep's"):
+        wide.restricted((4096,))
+    check = specs.data_check_spec()
+    assert check.widths == (1024,) and check.batch_at(1024) == 128 and [a.name for a in check.arms] == ["v_lr",
+                                                                                                       "v_fine"]
     assert len(by_name["fixed_alpha"].factor_search) == 14 and by_name["fixed_alpha"].widths == (64, 256, 1024)
     assert wide.batch_at(64) == 8 and wide.batch_at(2048) == round(8 * 32 ** 0.75)
     assert specs.gpu_spec().widths[-1] == 8192 and all(not a.widths or 8192 in a.widths for a in specs.gpu_spec().arms)

@@ -6,7 +6,8 @@
     python experiments/scaling/run_sweep.py --spec gpu --estimate --flops-per-s 2e14        # an accelerator's time
 
 Specs (`prosv_jax/scaling/specs.py`): cpu4 (64-512, fixed data), wide (64-2048 with data growing with width,
-coarse then fine grids, the baselines), gpu (256-8192, data growing as n). Rerunning the same command resumes:
+coarse then fine grids, the baselines, transfer), gpu (256-8192, data growing as n), data_check (wide's eta_v arms
+at n = 1024 with more data: does the optimum move?). Rerunning the same command resumes:
 finished groups are skipped. On several hosts, start the same command on each with --distributed (SLURM, Open
 MPI, Cloud TPU) or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set; --out must be shared.
 The table lands in <out>/results.csv; the figures come from experiments/analysis/make_figures.py.
@@ -22,9 +23,11 @@ import sys
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", default="wide", choices=("cpu4", "wide", "gpu"), help="which sweep (default: wide)")
+    parser.add_argument("--spec", default="wide", choices=("cpu4", "wide", "gpu", "data_check"),
+                        help="which sweep (default: wide)")
     parser.add_argument("--out", default="", help="the sweep's folder (default: outputs/scaling/<spec>)")
-    parser.add_argument("--widths", type=int, nargs="+", default=None, help="override the spec's widths")
+    parser.add_argument("--widths", type=int, nargs="+", default=None,
+                        help="run only these of the spec's widths (the same folder takes the rest later)")
     parser.add_argument("--data-exponent", type=float, default=None,
                         help="wide/gpu: data grows as (n / 64)^this (batch and set; default: the spec's)")
     parser.add_argument("--estimate", action="store_true", help="print the cost per width and stop")
@@ -44,12 +47,17 @@ def main(argv=None) -> int:
     from prosv_jax.scaling.specs import SPECS
     from prosv_jax.scaling.sweep import run_sweep
 
-    kwargs = {} if args.widths is None else {"widths": tuple(args.widths)}
+    kwargs = {}
     if args.data_exponent is not None:
         if args.spec == "cpu4":
-            parser.error("--data-exponent applies to the wide and gpu specs (cpu4 keeps its data fixed)")
+            parser.error("--data-exponent applies to the wide, gpu and data_check specs (cpu4 keeps its data fixed)")
         kwargs["data_exponent"] = args.data_exponent
     spec = SPECS[args.spec](**kwargs)
+    if args.widths is not None:
+        try:
+            spec = spec.restricted(args.widths)
+        except ValueError as error:
+            parser.error(str(error))
     if args.estimate:
         cost = estimate(spec, measure=not args.flops_per_s, flops_per_s=args.flops_per_s or None)
         print(f"total: {cost['tflop']:.0f} TFLOP, ~{cost['seconds'] / 3600:.2f} h "

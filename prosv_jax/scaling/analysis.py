@@ -29,6 +29,7 @@ __all__ = ["bootstrap_exponent", "exponent_table", "fit_power", "fit_power_weigh
            "plot_transfer", "score", "stability_edge", "transfer_table", "verdict", "vertex_fit", "vertex_optima"]
 
 SYMBOL = {"factor_lr": "eta_alpha", "direction_lr": "eta_v"}
+HYPER = ("beta", "factor_lr", "c", "direction_lr")  # the columns that make one grid cell (seeds aside)
 
 
 # --- scores and optima ---------------------------------------------------------------------------------------
@@ -524,6 +525,27 @@ def baseline_table(table, metric: str = "eval_kl"):
     return pd.DataFrame(rows)
 
 
+RECIPE_ARMS = ("v_lr", "v_fine", "alpha_lr", "alpha_fine")  # Adam, both groups trained: the recipe's arms
+
+
+def data_check_table(table, metric: str = "eval_kl", arms: Sequence[str] = RECIPE_ARMS):
+    """Is a width data-limited? Per width: the data it trained on, and the best cell over the recipe's arms (mean over
+    seeds) with its KL to the teacher and cos(alpha v, alpha* v*). Roughly constant across widths: no width is."""
+    import pandas as pd
+
+    data = table[table["arm"].isin(arms)]
+    data = data.assign(_log=_log_scores(data, metric))
+    rows = []
+    for width, part in data.groupby("width"):
+        cells = part.groupby(["arm", *HYPER]).agg(log=("_log", "mean"), cos=("cos_edit", "mean")).reset_index()
+        best = cells.loc[cells["log"].idxmin()]
+        first = part.iloc[0]
+        rows.append({"width": int(width), "batch_size": int(first["batch_size"]), "n_train": int(first["n_train"]),
+                     "plain_kl": float(first["eval_plain_kl"]), f"best_{metric}": float(10 ** best["log"]),
+                     "cos_edit": float(best["cos"]), "arm": best["arm"]})
+    return pd.DataFrame(rows)
+
+
 def plot_baselines(table, path: str, metric: str = "eval_kl") -> None:
     """Best achievable score and cos(alpha v, alpha* v*) per arm vs width: the recipe against its baselines."""
     from prosv_jax.figures import save_figure, subplots
@@ -548,7 +570,6 @@ def plot_baselines(table, path: str, metric: str = "eval_kl") -> None:
     save_figure(fig, path, dpi=110)
 
 
-HYPER = ("beta", "factor_lr", "c", "direction_lr")
 TRANSFERS = (  # (label, arms, {lr column: width exponent applied when transferring from the smallest width},
     #             the arm that ran the transferred point itself at the larger widths, if the sweep has one)
     ("adam, eta_v scaled n^-1/2 (recipe)", ("v_lr", "v_fine"), {"direction_lr": -0.5}, "v_transfer_scaled"),
@@ -644,7 +665,8 @@ def make_figures(csv_path: str, out_dir: str, metric: str = "eval_kl", n_boot: i
     plot_baselines(table, os.path.join(out_dir, "baselines.png"), metric=metric)
     plot_transfer(table, os.path.join(out_dir, "transfer.png"), metric=metric)
     summary = {"metric": metric, "runs": int(len(table)), "widths": sorted(int(w) for w in table["width"].unique()),
-               "exponents": exponents, "baselines": baseline_table(table, metric).to_dict(orient="records"),
+               "exponents": exponents, "data_check": data_check_table(table, metric).to_dict(orient="records"),
+               "baselines": baseline_table(table, metric).to_dict(orient="records"),
                "transfer": transfer_table(table, metric).to_dict(orient="records")}
     write_json(os.path.join(out_dir, "summary.json"), summary, indent=1)
     return summary

@@ -4,6 +4,8 @@ runs them by name, and `prosv_jax.scaling.cost.estimate` says what they cost fir
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Sequence
 
 from prosv_jax.scaling.sweep import Arm, Family, SweepSpec, TaskSpec
@@ -94,6 +96,8 @@ def _transfer_arms(widths: Sequence[int], fine_v: dict, fine_alpha: dict) -> tup
     """v_transfer_scaled / _fixed and alpha_transfer_scaled / _fixed: the best v_fine (alpha_fine) learning rate at
     the smallest width times (n / n_min)^(-1/2 or +1/2) or kept, at every larger width."""
     arms = []
+    if len(widths) < 2:
+        return ()
     for axis, kwargs, exponent in (("v", fine_v, -0.5), ("alpha", fine_alpha, 0.5)):
         for rule, power in (("scaled", exponent), ("fixed", 0.0)):
             arms.append(Arm(f"{axis}_transfer_{rule}", refine=f"{axis}_fine", refine_multipliers=(1.0,),
@@ -101,10 +105,18 @@ def _transfer_arms(widths: Sequence[int], fine_v: dict, fine_alpha: dict) -> tup
     return tuple(arms)
 
 
-def gpu_spec(widths: Sequence[int] = (256, 512, 1024, 2048, 4096, 8192)) -> SweepSpec:
+def gpu_spec(widths: Sequence[int] = (256, 512, 1024, 2048, 4096, 8192), data_exponent: float = 1.0) -> SweepSpec:
     """The same sweep for an accelerator: widths to 8192 (32x from 256), data growing as n from batch 8 at n = 64
     (the gradient's signal-to-noise per step the same at every width), every arm at every width."""
-    return wide_spec(widths, data_exponent=1.0, side_widths=widths)
+    return wide_spec(widths, data_exponent=data_exponent, side_widths=widths)
 
 
-SPECS = {"cpu4": cpu4_spec, "wide": wide_spec, "gpu": gpu_spec}
+def data_check_spec(widths: Sequence[int] = (1024,), data_exponent: float = 1.0) -> SweepSpec:
+    """Does the wide sweep's data limit move eta_v*? Its eta_v arms (coarse x2, then sqrt 2 steps, one seed) with
+    more data (batch 128 rather than 64 at n = 1024), to set against the wide sweep's optimum at the same width."""
+    wide = wide_spec(data_exponent=data_exponent, seeds=(0,))
+    return dataclasses.replace(wide, arms=tuple(a for a in wide.arms if a.name in ("v_lr", "v_fine"))
+                               ).restricted(widths)
+
+
+SPECS = {"cpu4": cpu4_spec, "wide": wide_spec, "gpu": gpu_spec, "data_check": data_check_spec}

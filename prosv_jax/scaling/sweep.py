@@ -197,6 +197,18 @@ class SweepSpec:
         """The training set size at `width`: the same number of steps per epoch as at data_ref_width."""
         return max(1, round(self.task.n_train * self.batch_at(width) / self.batch_size))
 
+    def restricted(self, widths: Sequence[int]) -> "SweepSpec":
+        """The same sweep at a subset of its widths (every arm keeps its grid, so a folder run in parts matches);
+        an arm listed only at other widths is left out."""
+        widths = tuple(int(w) for w in widths)
+        outside = sorted(set(widths) - set(self.widths))
+        if outside:
+            raise ValueError(f"widths {outside} are not the sweep's {self.widths}: pick a subset, or build the spec "
+                             "with those widths (e.g. specs.wide_spec(widths=...))")
+        arms = tuple(dataclasses.replace(a, widths=tuple(w for w in a.widths if w in widths)) for a in self.arms
+                     if any(a.runs_at(w) for w in widths))
+        return dataclasses.replace(self, widths=widths, arms=arms)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
