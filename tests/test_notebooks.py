@@ -100,3 +100,4 @@ def test_scaling_study(tmp_path, monkeypatch):
     assert len(figures) >= 4, figures
     assert images_of(nb) >= 4  # heatmaps, learning-rate curves and exponents, baselines, inline
     assert "predicted" in text_of(nb)
+    assert "## Fitted exponents" in (sweep / "figures" / "tables.md").read_text()

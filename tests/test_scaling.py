@@ -316,7 +316,7 @@ def test_a_refining_arm_centres_its_fine_grid_on_the_coarse_optimum_and_keeps_it
 
 
 def test_transfer_arms_carry_the_small_width_optimum_and_can_be_added_to_a_finished_sweep(tmp_path):
-    from prosv_jax.scaling.analysis import transfer_table
+    from prosv_jax.scaling.analysis import data_check_table, summary_markdown, transfer_table
 
     coarse = (Arm("v", direction_lrs=(0.003, 0.03, 0.3, 3.0), factor_lrs=(1.0,)),)
     out = str(tmp_path / "sweep")
@@ -346,6 +346,13 @@ def test_transfer_arms_carry_the_small_width_optimum_and_can_be_added_to_a_finis
     for rule in ("scaled", "fixed"):
         kl = float(at64.loc[at64["arm"] == f"v_{rule}", "eval_kl"].iloc[0])
         assert moved.loc[(rule, 64), "regret_log10"] == pytest.approx(np.log10(kl) - best, abs=1e-6)
+    check = data_check_table(table, arms=("v", "v_scaled", "v_fixed")).set_index("width")
+    assert check["batch_size"].tolist() == [4, 8] and check.loc[64, "best_eval_kl"] == pytest.approx(
+        at64.groupby("arm")["eval_kl"].min().min(), rel=1e-6)  # one seed: a cell's mean is its run
+    text = summary_markdown({"runs": len(table), "widths": [32, 64], "metric": "eval_kl", "exponents": [],
+                             "data_check": check.reset_index().to_dict(orient="records"),
+                             "transfer": moved.reset_index().to_dict(orient="records")})
+    assert "| fixed | 1.00 | " in text and f"{10 ** moved.loc[('fixed', 64), 'regret_log10']:.2f}*" in text
     with pytest.raises(ValueError, match="another spec .*'v'"):  # an arm kept under its name keeps its grid
         run_sweep(scaled_spec((Arm("v", direction_lrs=(0.1,)),) + transfers), out, log=lambda m: None)
     with pytest.raises(ValueError, match="include width 32"):

@@ -652,8 +652,56 @@ def plot_transfer(table, path: str, metric: str = "eval_kl") -> None:
     save_figure(fig, path, dpi=110)
 
 
+def _md_table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows), ""]
+
+
+def _g(x) -> str:
+    return "-" if x is None or not np.isfinite(x) else f"{x:.3g}"
+
+
+def summary_markdown(summary: dict) -> str:
+    """The summary's tables in Markdown (tables.md beside the figures): exponents with their verdicts, the optima,
+    the data check, the baselines and the transfer."""
+    lines = [f"# Sweep tables ({summary['runs']} runs, widths {summary['widths']}, metric {summary['metric']})", "",
+             "## Fitted exponents (95% interval from seeds and grid)", ""]
+    rows = []
+    for e in summary["exponents"]:
+        rows.append([e["arm"], f"{e['lr']}*, {e['fixed']}", f"{e['slope_weighted']:+.2f}",
+                     f"[{e['ci95'][0]:+.2f}, {e['ci95'][1]:+.2f}]", f"{e['predicted']:+.1f}", e["verdict"],
+                     ", ".join(f"{w}: {_g(v)}" for w, v in e["vertex_optima"].items())])
+        for side in ("lower", "upper"):
+            edge = e[f"plateau_{side}_edge"]
+            if np.isfinite(edge["slope"]):  # located at enough widths to fit
+                rows.append([e["arm"], f"plateau {side} edge, {e['fixed']}", f"{edge['slope']:+.2f}",
+                             f"[{edge['ci95'][0]:+.2f}, {edge['ci95'][1]:+.2f}]", f"{e['predicted']:+.1f}",
+                             edge["verdict"], ", ".join(f"{w}: {_g(v)}" for w, v in edge["edges"].items())])
+    lines += _md_table(["arms", "quantity", "slope", "95%", "predicted", "verdict", "per width"], rows)
+    if summary.get("data_check"):
+        lines += ["## Data check: the best recipe run per width", ""]
+        lines += _md_table(["width", "batch", "train set", "unsteered KL", "best KL", "cos(alpha v, alpha* v*)",
+                            "arm"], [[d["width"], d["batch_size"], d["n_train"], _g(d["plain_kl"]),
+                                      _g(d[f"best_{summary['metric']}"]), f"{d['cos_edit']:.3f}", d["arm"]]
+                                     for d in summary["data_check"]])
+    widths = summary["widths"]
+    if summary.get("baselines"):
+        lines += ["## Best KL over each arm's grid (cos(alpha v, alpha* v*) at that point)", ""]
+        cell = {(b["arm"], b["width"]): f"{10 ** b['best_log10']:.3g} ({b['cos_edit']:.2f})"
+                for b in summary["baselines"]}
+        arms = list(dict.fromkeys(b["arm"] for b in summary["baselines"]))
+        lines += _md_table(["arm", *map(str, widths)], [[a, *(cell.get((a, w), "") for w in widths)] for a in arms])
+    if summary.get("transfer"):
+        lines += ["## Transfer from the smallest width: KL / best KL at that width (* = the point's own run)", ""]
+        cell = {(t["transfer"], t["width"]): f"{10 ** t['regret_log10']:.2f}{'*' if t.get('exact') else ''}"
+                for t in summary["transfer"]}
+        rules = list(dict.fromkeys(t["transfer"] for t in summary["transfer"]))
+        lines += _md_table(["rule", *map(str, widths)], [[r, *(cell.get((r, w), "") for w in widths)] for r in rules])
+    return "\n".join(lines)
+
+
 def make_figures(csv_path: str, out_dir: str, metric: str = "eval_kl", n_boot: int = 1000) -> dict:
-    """Every figure and summary.json from a sweep's results.csv; returns the summary."""
+    """Every figure, summary.json and tables.md from a sweep's results.csv; returns the summary."""
     import pandas as pd
 
     table = pd.read_csv(csv_path)
@@ -669,4 +717,6 @@ def make_figures(csv_path: str, out_dir: str, metric: str = "eval_kl", n_boot: i
                "baselines": baseline_table(table, metric).to_dict(orient="records"),
                "transfer": transfer_table(table, metric).to_dict(orient="records")}
     write_json(os.path.join(out_dir, "summary.json"), summary, indent=1)
+    with open(os.path.join(out_dir, "tables.md"), "w") as f:
+        f.write(summary_markdown(summary))
     return summary
