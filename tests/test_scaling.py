@@ -355,6 +355,14 @@ def test_transfer_arms_carry_the_small_width_optimum_and_can_be_added_to_a_finis
     assert "| fixed | 1.00 | " in text and f"{10 ** moved.loc[('fixed', 64), 'regret_log10']:.2f}*" in text
     with pytest.raises(ValueError, match="another spec .*'v'"):  # an arm kept under its name keeps its grid
         run_sweep(scaled_spec((Arm("v", direction_lrs=(0.1,)),) + transfers), out, log=lambda m: None)
+    run_sweep(scaled_spec(coarse).restricted((32,)), out, log=lambda m: None)  # a call without the transfer arms
+    with open(os.path.join(out, "spec.json")) as f:  # ... still remembers them, and every width
+        held = json.load(f)
+    assert [a["name"] for a in held["arms"]] == ["v", "v_scaled", "v_fixed"] and held["widths"] == [32, 64]
+    assert held["arms"][0]["widths"] == [] and held["arms"][1]["widths"] == [64]
+    with pytest.raises(ValueError, match="another spec .*'v_fixed'"):  # so a changed arm is caught after it
+        run_sweep(scaled_spec(coarse + (dataclasses.replace(transfers[1], transfer_exponent=0.5),)), out,
+                  log=lambda m: None)
     with pytest.raises(ValueError, match="include width 32"):
         run_sweep(dataclasses.replace(scaled_spec(coarse + transfers), widths=(64,)), str(tmp_path / "other"),
                   log=lambda m: None)

@@ -307,20 +307,27 @@ def _without_widths(data: dict) -> dict:
 def _check_spec(out_dir: str, spec: SweepSpec) -> None:
     """The folder's spec.json must describe the same grid where the two overlap: the widths may differ and arms may
     be added or left out (each width's and each arm's runs live in their own n{width}/{arm}/ folder, so a sweep can
-    be run a few widths at a time and extended), but an arm kept under its name must keep its grid."""
+    be run a few widths at a time and extended), but an arm kept under its name must keep its grid. spec.json keeps
+    every arm and width the folder has held, so an arm left out of one call is still checked in the next."""
     path = os.path.join(out_dir, "spec.json")
     data = json.loads(json.dumps(spec.to_dict()))  # tuples -> lists, as stored
     if os.path.isfile(path):
         with open(path) as f:
-            stored = json.load(f)
-        # Read back through the dataclasses: a field added since the folder was made takes its default.
-        old, new = _without_widths(json.loads(json.dumps(spec_from_dict(stored).to_dict()))), _without_widths(data)
+            # Read back through the dataclasses: a field added since the folder was made takes its default.
+            stored = json.loads(json.dumps(spec_from_dict(json.load(f)).to_dict()))
+        old, new = _without_widths(stored), _without_widths(data)
         changed = sorted(name for name in set(old["arms"]) & set(new["arms"]) if old["arms"][name] != new["arms"][name])
         if changed or {**old, "arms": None} != {**new, "arms": None}:
             what = f"arms {changed} changed their grid" if changed else "the model, task or data settings changed"
             raise ValueError(f"{out_dir} holds a sweep with another spec ({what}); finished groups would be matched "
                              "to the wrong runs. Use a new folder (or delete this one), or give a changed arm a new "
                              "name.")
+        held = {arm["name"]: arm for arm in stored["arms"]}
+        for arm in data["arms"]:  # an arm's widths: every width it has run at in this folder ([]: every width)
+            before = held.pop(arm["name"], {"widths": arm["widths"]})["widths"]
+            arm["widths"] = sorted(set(arm["widths"]) | set(before)) if arm["widths"] and before else []
+        data["arms"] += list(held.values())
+        data["widths"] = sorted(set(data["widths"]) | set(stored["widths"]))
     _write_main(path, data)
 
 
