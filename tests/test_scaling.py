@@ -112,6 +112,25 @@ def test_the_analysis_recovers_a_known_exponent_from_synthetic_results(exponent)
     assert not fit["ci"][0] <= exponent + 0.5 <= fit["ci"][1]
 
 
+def test_more_data_that_moves_the_optimum_shows_as_a_shift_beyond_its_error():
+    def as_v_arm(table, batch):  # the synthetic factor-lr table recast as the eta_v arm at c = 1
+        return table.rename(columns={"factor_lr": "direction_lr"}).assign(arm="v_fine", c=1.0, batch_size=batch,
+                                                                          cos_edit=0.9)
+
+    grid = dict(widths=(1024,), exponent=0.0, lrs=np.logspace(-3, 0, 31), seeds=3, noise=0.02)  # 0.1-decade steps
+    sweep = as_v_arm(synthetic_table(constant=0.01, **grid), 64)
+    moved = as_v_arm(synthetic_table(constant=0.02, seed=1, **grid), 128)
+    same = as_v_arm(synthetic_table(constant=0.01, seed=2, **grid), 128)
+    (shift,) = analysis.data_optimum_shift(sweep, moved)
+    (still,) = analysis.data_optimum_shift(sweep, same)
+    assert (shift["sweep_batch_size"], shift["more_data_batch_size"]) == (64, 128)
+    assert abs(shift["shift_decades"] - np.log10(2)) < 2 * shift["shift_se"] and shift["shift_decades"] > 3 * shift[
+        "shift_se"]
+    assert abs(still["shift_decades"]) < 2 * still["shift_se"]
+    assert shift["sweep_best_eval_kl"] == pytest.approx(sweep.groupby("direction_lr")["eval_kl"].apply(
+        lambda k: 10 ** np.log10(k).mean()).min(), rel=1e-9)
+
+
 @pytest.mark.parametrize("skew", [0.0, 10.0])
 def test_the_vertex_interval_covers_the_true_optimum_at_its_stated_rate(skew):
     """Calibration over 200 synthetic sweeps (3 seeds, each shifting its whole curve by N(0, 0.1^2), noise 0.03

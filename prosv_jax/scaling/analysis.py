@@ -546,6 +546,31 @@ def data_check_table(table, metric: str = "eval_kl", arms: Sequence[str] = RECIP
     return pd.DataFrame(rows)
 
 
+def data_optimum_shift(table, check, metric: str = "eval_kl", arms: Sequence[str] = ("v_lr", "v_fine"),
+                       lr_col: str = "direction_lr", fixed: tuple[str, float] = ("c", 1.0)) -> list[dict]:
+    """Does more data move the optimum? For every width `check` (the same arms trained on more data) holds: the
+    vertex optimum and the best cell's score and cos(alpha v, alpha* v*) in each table. `shift_decades` over its
+    error `shift_se` near 0: the data limit bends the curve's floor, not where its optimum lies."""
+    rows = []
+    for width in sorted(set(check["width"]) & set(table["width"])):
+        found = {}
+        for label, data in (("sweep", table), ("more_data", check)):
+            part = _select(data[data["arm"].isin(arms) & (data["width"] == width)], **{fixed[0]: fixed[1]})
+            vertex = vertex_optima(part, lr_col, metric)[0]
+            cells = part.assign(_log=_log_scores(part, metric)).groupby(lr_col).agg(
+                log=("_log", "mean"), cos=("cos_edit", "mean"))
+            found[label] = {"batch_size": int(part["batch_size"].iloc[0]), "lr_opt": vertex["lr"],
+                            "se_decades": vertex["se"], "located": vertex["located"],
+                            f"best_{metric}": float(10 ** cells["log"].min()),
+                            "cos_edit": float(cells.loc[cells["log"].idxmin(), "cos"])}
+        shift = np.log10(found["more_data"]["lr_opt"] / found["sweep"]["lr_opt"])
+        rows.append({"width": int(width), "lr": SYMBOL[lr_col], **{f"{k}_{key}": v for k, d in found.items()
+                                                                    for key, v in d.items()},
+                     "shift_decades": float(shift), "shift_se": float(np.hypot(found["sweep"]["se_decades"],
+                                                                             found["more_data"]["se_decades"]))})
+    return rows
+
+
 def plot_baselines(table, path: str, metric: str = "eval_kl") -> None:
     """Best achievable score and cos(alpha v, alpha* v*) per arm vs width: the recipe against its baselines."""
     from prosv_jax.figures import save_figure, subplots
@@ -697,11 +722,21 @@ def summary_markdown(summary: dict) -> str:
                 for t in summary["transfer"]}
         rules = list(dict.fromkeys(t["transfer"] for t in summary["transfer"]))
         lines += _md_table(["rule", *map(str, widths)], [[r, *(cell.get((r, w), "") for w in widths)] for r in rules])
+    if summary.get("data_shift"):
+        lines += ["## More data at the same width: does the optimum move?", ""]
+        rows = [[d["width"], d["lr"], f"{d['sweep_batch_size']} -> {d['more_data_batch_size']}",
+                 f"{_g(d['sweep_lr_opt'])} -> {_g(d['more_data_lr_opt'])}",
+                 f"{d['shift_decades']:+.2f} +- {d['shift_se']:.2f}",
+                 f"{_g(d['sweep_best_' + summary['metric']])} -> {_g(d['more_data_best_' + summary['metric']])}",
+                 f"{d['sweep_cos_edit']:.3f} -> {d['more_data_cos_edit']:.3f}"] for d in summary["data_shift"]]
+        lines += _md_table(["width", "lr", "batch", "optimum", "shift (decades, 1 se)", "best KL", "cos"], rows)
     return "\n".join(lines)
 
 
-def make_figures(csv_path: str, out_dir: str, metric: str = "eval_kl", n_boot: int = 1000) -> dict:
-    """Every figure, summary.json and tables.md from a sweep's results.csv; returns the summary."""
+def make_figures(csv_path: str, out_dir: str, metric: str = "eval_kl", n_boot: int = 1000,
+                 data_check_csv: str | None = None) -> dict:
+    """Every figure, summary.json and tables.md from a sweep's results.csv; returns the summary.
+    `data_check_csv`: the same eta_v arms on more data at some width (`data_optimum_shift`)."""
     import pandas as pd
 
     table = pd.read_csv(csv_path)
@@ -716,6 +751,8 @@ def make_figures(csv_path: str, out_dir: str, metric: str = "eval_kl", n_boot: i
                "exponents": exponents, "data_check": data_check_table(table, metric).to_dict(orient="records"),
                "baselines": baseline_table(table, metric).to_dict(orient="records"),
                "transfer": transfer_table(table, metric).to_dict(orient="records")}
+    if data_check_csv:
+        summary["data_shift"] = data_optimum_shift(table, pd.read_csv(data_check_csv), metric)
     write_json(os.path.join(out_dir, "summary.json"), summary, indent=1)
     with open(os.path.join(out_dir, "tables.md"), "w") as f:
         f.write(summary_markdown(summary))
