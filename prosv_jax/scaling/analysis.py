@@ -402,6 +402,8 @@ def plot_heatmaps(table, path: str, arm: Sequence[str] = ("alpha_lr", "alpha_pla
     from prosv_jax.figures import save_figure, subplots
 
     part = table[table["arm"].isin(arm)]
+    if not len(part):
+        raise ValueError(f"no runs of the arms {tuple(arm)} in this table: nothing to draw over {y} x {x}")
     part = part.assign(_log=_log_scores(part, metric))
     widths = sorted(part["width"].unique())
     fig, axes = subplots(1, len(widths), figsize=(3.6 * len(widths), 3.3), squeeze=False)
@@ -742,7 +744,8 @@ def make_figures(csv_path: str, out_dir: str, metric: str = "eval_kl", n_boot: i
     table = pd.read_csv(csv_path)
     os.makedirs(out_dir, exist_ok=True)
     exponents = exponent_table(table, metric, n_boot=n_boot)
-    plot_heatmaps(table, os.path.join(out_dir, "heatmaps_beta_x_eta_alpha.png"), metric=metric)
+    if table["arm"].isin(("alpha_lr", "alpha_plateau")).any():  # a sweep of eta_v alone has no beta x eta_alpha
+        plot_heatmaps(table, os.path.join(out_dir, "heatmaps_beta_x_eta_alpha.png"), metric=metric)
     plot_lr_curves(table, os.path.join(out_dir, "lr_sweeps.png"), metric=metric)
     plot_exponents(exponents, os.path.join(out_dir, "exponents.png"))
     plot_baselines(table, os.path.join(out_dir, "baselines.png"), metric=metric)
