@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
              if flagged else "")
           + "\n## Claims\n\n" + markdown(claims)
           + "\n## Dev concepts: PrOSV Lang across layers, hyperparameters and dtypes\n\n" + markdown(dev)
-          + f"\n## Detectors\n\nHeld-out AUROC of the study's detectors: "
+          + "\n## Detectors\n\nHeld-out AUROC of the study's detectors: "
           + (", ".join(f"{a:.3f}" for a in final_aurocs) if final_aurocs else "-") + " (detectors.csv)\n"
           + "\n## Wall clock per stage (2 cores)\n\n" + markdown(stage_rows))
     write_atomic(os.path.join(out, "summary.md"), md)

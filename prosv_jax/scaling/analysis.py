@@ -684,6 +684,13 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
             *("| " + " | ".join(str(c) for c in row) + " |" for row in rows), ""]
 
 
+def _md_by_width(records: Sequence[dict], key: str, widths: Sequence[int], cell, header: str = "") -> list[str]:
+    """A table with a row per distinct `key` (in order of appearance) and a column per width, cells from `cell`."""
+    cells = {(r[key], r["width"]): cell(r) for r in records}
+    rows = list(dict.fromkeys(r[key] for r in records))
+    return _md_table([header or key, *map(str, widths)], [[k, *(cells.get((k, w), "") for w in widths)] for k in rows])
+
+
 def _g(x) -> str:
     return "-" if x is None or not np.isfinite(x) else f"{x:.3g}"
 
@@ -714,16 +721,12 @@ def summary_markdown(summary: dict) -> str:
     widths = summary["widths"]
     if summary.get("baselines"):
         lines += ["## Best KL over each arm's grid (cos(alpha v, alpha* v*) at that point)", ""]
-        cell = {(b["arm"], b["width"]): f"{10 ** b['best_log10']:.3g} ({b['cos_edit']:.2f})"
-                for b in summary["baselines"]}
-        arms = list(dict.fromkeys(b["arm"] for b in summary["baselines"]))
-        lines += _md_table(["arm", *map(str, widths)], [[a, *(cell.get((a, w), "") for w in widths)] for a in arms])
+        lines += _md_by_width(summary["baselines"], "arm", widths,
+                              lambda b: f"{10 ** b['best_log10']:.3g} ({b['cos_edit']:.2f})")
     if summary.get("transfer"):
         lines += ["## Transfer from the smallest width: KL / best KL at that width (* = the point's own run)", ""]
-        cell = {(t["transfer"], t["width"]): f"{10 ** t['regret_log10']:.2f}{'*' if t.get('exact') else ''}"
-                for t in summary["transfer"]}
-        rules = list(dict.fromkeys(t["transfer"] for t in summary["transfer"]))
-        lines += _md_table(["rule", *map(str, widths)], [[r, *(cell.get((r, w), "") for w in widths)] for r in rules])
+        lines += _md_by_width(summary["transfer"], "transfer", widths,
+                              lambda t: f"{10 ** t['regret_log10']:.2f}{'*' if t.get('exact') else ''}", "rule")
     if summary.get("data_shift"):
         lines += ["## More data at the same width: does the optimum move?", ""]
         rows = [[d["width"], d["lr"], f"{d['sweep_batch_size']} -> {d['more_data_batch_size']}",
