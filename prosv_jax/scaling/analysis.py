@@ -513,18 +513,22 @@ def baseline_table(table, metric: str = "eval_kl"):
     """Per (arm, width): the best mean-over-seeds score over the arm's grid, and that point's cos(alpha v, z*)."""
     import pandas as pd
 
-    keys = ["beta", "factor_lr", "c", "direction_lr"]
     data = table.assign(_log=_log_scores(table, metric))
     if "transfer_from" in data:
         data = data[data["transfer_from"].isna()]  # a transfer arm's single point is not an arm's best
     rows = []
     for (arm, width), part in data.groupby(["arm", "width"]):
-        cells = part.groupby(keys).agg(log=("_log", "mean"), cos=("cos_edit", "mean"),
-                                       diverged=("diverged", "mean")).reset_index()
-        best = cells.loc[cells["log"].idxmin()]
+        best = _best_cell(part, HYPER)
         rows.append({"arm": arm, "width": int(width), "best_log10": float(best["log"]), "cos_edit": float(best["cos"]),
-                     **{k: float(best[k]) for k in keys}, "diverged_share": float(part["diverged"].mean())})
+                     **{k: float(best[k]) for k in HYPER}, "diverged_share": float(part["diverged"].mean())})
     return pd.DataFrame(rows)
+
+
+def _best_cell(part, keys: Sequence[str]):
+    """The grid cell (rows sharing `keys`, seeds averaged) with the lowest mean `_log` score: its keys, `log` and
+    mean `cos` (cos(alpha v, alpha* v*))."""
+    cells = part.groupby(list(keys)).agg(log=("_log", "mean"), cos=("cos_edit", "mean")).reset_index()
+    return cells.loc[cells["log"].idxmin()]
 
 
 RECIPE_ARMS = ("v_lr", "v_fine", "alpha_lr", "alpha_fine")  # Adam, both groups trained: the recipe's arms
@@ -539,8 +543,7 @@ def data_check_table(table, metric: str = "eval_kl", arms: Sequence[str] = RECIP
     data = data.assign(_log=_log_scores(data, metric))
     rows = []
     for width, part in data.groupby("width"):
-        cells = part.groupby(["arm", *HYPER]).agg(log=("_log", "mean"), cos=("cos_edit", "mean")).reset_index()
-        best = cells.loc[cells["log"].idxmin()]
+        best = _best_cell(part, ("arm", *HYPER))
         first = part.iloc[0]
         rows.append({"width": int(width), "batch_size": int(first["batch_size"]), "n_train": int(first["n_train"]),
                      "plain_kl": float(first["eval_plain_kl"]), f"best_{metric}": float(10 ** best["log"]),
@@ -559,12 +562,10 @@ def data_optimum_shift(table, check, metric: str = "eval_kl", arms: Sequence[str
         for label, data in (("sweep", table), ("more_data", check)):
             part = _select(data[data["arm"].isin(arms) & (data["width"] == width)], **{fixed[0]: fixed[1]})
             vertex = vertex_optima(part, lr_col, metric)[0]
-            cells = part.assign(_log=_log_scores(part, metric)).groupby(lr_col).agg(
-                log=("_log", "mean"), cos=("cos_edit", "mean"))
+            best = _best_cell(part.assign(_log=_log_scores(part, metric)), (lr_col,))
             found[label] = {"batch_size": int(part["batch_size"].iloc[0]), "lr_opt": vertex["lr"],
                             "se_decades": vertex["se"], "located": vertex["located"],
-                            f"best_{metric}": float(10 ** cells["log"].min()),
-                            "cos_edit": float(cells.loc[cells["log"].idxmin(), "cos"])}
+                            f"best_{metric}": float(10 ** best["log"]), "cos_edit": float(best["cos"])}
         shift = np.log10(found["more_data"]["lr_opt"] / found["sweep"]["lr_opt"])
         rows.append({"width": int(width), "lr": SYMBOL[lr_col], **{f"{k}_{key}": v for k, d in found.items()
                                                                     for key, v in d.items()},

@@ -5,7 +5,6 @@ runs them by name, and `prosv_jax.scaling.cost.estimate` says what they cost fir
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Sequence
 
 from prosv_jax.scaling.sweep import Arm, Family, SweepSpec, TaskSpec
@@ -95,9 +94,9 @@ def wide_spec(widths: Sequence[int] = WIDE_WIDTHS, *, data_exponent: float = 0.7
 def _transfer_arms(widths: Sequence[int], fine_v: dict, fine_alpha: dict) -> tuple[Arm, ...]:
     """v_transfer_scaled / _fixed and alpha_transfer_scaled / _fixed: the best v_fine (alpha_fine) learning rate at
     the smallest width times (n / n_min)^(-1/2 or +1/2) or kept, at every larger width."""
-    arms = []
     if len(widths) < 2:
         return ()
+    arms = []
     for axis, kwargs, exponent in (("v", fine_v, -0.5), ("alpha", fine_alpha, 0.5)):
         for rule, power in (("scaled", exponent), ("fixed", 0.0)):
             arms.append(Arm(f"{axis}_transfer_{rule}", refine=f"{axis}_fine", refine_multipliers=(1.0,),

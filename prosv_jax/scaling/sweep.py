@@ -384,15 +384,16 @@ def _sweep_width(spec: SweepSpec, width: int, out_dir: str, progress: bool, log,
                 task = _build_task(spec, width)
                 task_stats = {**task.stats, "floor": task.floor}
                 _write_main(os.path.join(width_dir, "task.json"), task_stats)
-            info["groups_trained"] += sum(not d for d in done)
+            todo = sum(not d for d in done)
+            info["groups_trained"] += todo
             if not all(done):
-                log(f"width {width} arm {arm.name}: training {sum(not d for d in done)} of {len(done)} group(s) "
+                log(f"width {width} arm {arm.name}: training {todo} of {len(done)} group(s) "
                     f"of {per_program} run(s)")
             started = time.time()
             cached = _train_and_score(spec, task, arm, runs, per_program, arm_dir, progress)
             if jax.process_index() == 0:  # the sweep's cost, arm by arm (resumed parts add lines)
                 with open(os.path.join(out_dir, "timing.jsonl"), "a") as f:
-                    f.write(json.dumps({"width": width, "arm": arm.name, "groups_trained": sum(not d for d in done),
+                    f.write(json.dumps({"width": width, "arm": arm.name, "groups_trained": todo,
                                         "runs": len(runs), "seconds": round(time.time() - started, 1)}) + "\n")
         arm_rows = []
         for run, hyper in runs:
