@@ -476,6 +476,9 @@ def test_the_wide_sweep_centres_its_grids_on_the_prediction_and_its_launcher_est
     check = specs.data_check_spec()
     assert check.widths == (1024,) and check.batch_at(1024) == 128 and [a.name for a in check.arms] == ["v_lr",
                                                                                                        "v_fine"]
+    steps = specs.steps_check_spec()  # the same data as wide at each width, twice the steps
+    assert steps.widths == (64, 128, 256, 512, 1024) and steps.epochs == 2 * wide.epochs
+    assert steps.batch_at(1024) == wide.batch_at(1024) and steps.n_train_at(1024) == wide.n_train_at(1024)
     assert len(by_name["fixed_alpha"].factor_search) == 14 and by_name["fixed_alpha"].widths == (64, 256, 1024)
     assert wide.batch_at(64) == 8 and wide.batch_at(2048) == round(8 * 32 ** 0.75)
     assert specs.gpu_spec().widths[-1] == 8192 and all(not a.widths or 8192 in a.widths for a in specs.gpu_spec().arms)

@@ -7,7 +7,8 @@
 
 Specs (`prosv_jax/scaling/specs.py`): cpu4 (64-512, fixed data), wide (64-2048 with data growing with width,
 coarse then fine grids, the baselines, transfer), gpu (256-8192, data growing as n), data_check (wide's eta_v arms
-at n = 1024 with more data: does the optimum move?). Rerunning the same command resumes:
+at n = 1024 with more data: does the optimum move?), steps_check (wide's eta_v arms at 64 to 1024 with twice
+the steps: does the 48-step budget steepen the slope?). Rerunning the same command resumes:
 finished groups are skipped. On several hosts, start the same command on each with --distributed (SLURM, Open
 MPI, Cloud TPU) or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set; --out must be shared.
 The table lands in <out>/results.csv; the figures come from experiments/analysis/make_figures.py.
@@ -23,7 +24,7 @@ import sys
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", default="wide", choices=("cpu4", "wide", "gpu", "data_check"),
+    parser.add_argument("--spec", default="wide", choices=("cpu4", "wide", "gpu", "data_check", "steps_check"),
                         help="which sweep (default: wide)")
     parser.add_argument("--out", default="", help="the sweep's folder (default: outputs/scaling/<spec>)")
     parser.add_argument("--widths", type=int, nargs="+", default=None,
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     kwargs = {}
     if args.data_exponent is not None:
         if args.spec == "cpu4":
-            parser.error("--data-exponent applies to the wide, gpu and data_check specs (cpu4 keeps its data fixed)")
+            parser.error("--data-exponent applies to every spec but cpu4 (cpu4 keeps its data fixed)")
         kwargs["data_exponent"] = args.data_exponent
     spec = SPECS[args.spec](**kwargs)
     if args.widths is not None:

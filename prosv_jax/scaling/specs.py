@@ -118,4 +118,14 @@ def data_check_spec(widths: Sequence[int] = (1024,), data_exponent: float = 1.0)
                                ).restricted(widths)
 
 
-SPECS = {"cpu4": cpu4_spec, "wide": wide_spec, "gpu": gpu_spec, "data_check": data_check_spec}
+def steps_check_spec(widths: Sequence[int] = (64, 128, 256, 512, 1024), epochs: int = 2, data_exponent: float = 0.75
+                     ) -> SweepSpec:
+    """Does the 48-step budget steepen eta_v*'s slope? The wide sweep's eta_v arms (one seed) at its data, trained
+    for `epochs` passes (96 steps at 2), at five widths: a slope to set against the wide sweep's at 48 steps."""
+    wide = wide_spec(data_exponent=data_exponent, seeds=(0,))
+    return dataclasses.replace(wide, epochs=epochs, arms=tuple(a for a in wide.arms if a.name in ("v_lr", "v_fine"))
+                               ).restricted(widths)
+
+
+SPECS = {"cpu4": cpu4_spec, "wide": wide_spec, "gpu": gpu_spec, "data_check": data_check_spec,
+         "steps_check": steps_check_spec}
