@@ -110,21 +110,25 @@ def gpu_spec(widths: Sequence[int] = (256, 512, 1024, 2048, 4096, 8192), data_ex
     return wide_spec(widths, data_exponent=data_exponent, side_widths=widths)
 
 
-def data_check_spec(widths: Sequence[int] = (1024,), data_exponent: float = 1.0) -> SweepSpec:
-    """Does the wide sweep's data limit move eta_v*? Its eta_v arms (coarse x2, then sqrt 2 steps, one seed) with
-    more data (batch 128 rather than 64 at n = 1024), to set against the wide sweep's optimum at the same width."""
+def _eta_v_check(widths: Sequence[int], data_exponent: float, **changes) -> SweepSpec:
+    """The wide sweep's eta_v arms (coarse x2, then sqrt 2 steps, one seed) at `widths` with data growing as
+    n^data_exponent and any other SweepSpec field changed: the checks of what data or steps do to eta_v*."""
     wide = wide_spec(data_exponent=data_exponent, seeds=(0,))
-    return dataclasses.replace(wide, arms=tuple(a for a in wide.arms if a.name in ("v_lr", "v_fine"))
+    return dataclasses.replace(wide, **changes, arms=tuple(a for a in wide.arms if a.name in ("v_lr", "v_fine"))
                                ).restricted(widths)
+
+
+def data_check_spec(widths: Sequence[int] = (1024,), data_exponent: float = 1.0) -> SweepSpec:
+    """Does the wide sweep's data limit move eta_v*? Its eta_v arms with more data (batch 128 rather than 64 at
+    n = 1024), to set against the wide sweep's optimum at the same width."""
+    return _eta_v_check(widths, data_exponent)
 
 
 def steps_check_spec(widths: Sequence[int] = (64, 128, 256, 512, 1024), epochs: int = 2, data_exponent: float = 0.75
                      ) -> SweepSpec:
-    """Does the 48-step budget steepen eta_v*'s slope? The wide sweep's eta_v arms (one seed) at its data, trained
-    for `epochs` passes (96 steps at 2), at five widths: a slope to set against the wide sweep's at 48 steps."""
-    wide = wide_spec(data_exponent=data_exponent, seeds=(0,))
-    return dataclasses.replace(wide, epochs=epochs, arms=tuple(a for a in wide.arms if a.name in ("v_lr", "v_fine"))
-                               ).restricted(widths)
+    """Does the 48-step budget steepen eta_v*'s slope? Its eta_v arms at its data, trained for `epochs` passes
+    (96 steps at 2): a slope to set against the wide sweep's at 48 steps."""
+    return _eta_v_check(widths, data_exponent, epochs=epochs)
 
 
 SPECS = {"cpu4": cpu4_spec, "wide": wide_spec, "gpu": gpu_spec, "data_check": data_check_spec,
