@@ -233,7 +233,9 @@ def machine() -> dict:
 
 # ------------------------------------------------------------------------------------------------------- timing
 class CpuMeter:
-    """CPU time used by OTHER processes (in cores, averaged) while the benchmark ran: the machine may be shared."""
+    """CPU time used by OTHER processes (in cores, averaged) while the benchmark ran: the machine may be shared.
+
+    The benchmark's own waited-for child processes count as its own, not as foreign load."""
 
     def __init__(self):
         self.start = self._read()
@@ -244,7 +246,8 @@ class CpuMeter:
             fields = [int(x) for x in f.readline().split()[1:]]
         busy = sum(fields) - fields[3] - fields[4]  # all but idle and iowait, in clock ticks
         times = os.times()
-        return time.perf_counter(), busy, (times.user + times.system) * os.sysconf("SC_CLK_TCK")
+        own = times.user + times.system + times.children_user + times.children_system
+        return time.perf_counter(), busy, own * os.sysconf("SC_CLK_TCK")
 
     def foreign_cores(self) -> float:
         t1, busy1, own1 = self._read()
