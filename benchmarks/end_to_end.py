@@ -12,7 +12,7 @@ Reported: wall clock of each side (model loading, compilation and prefix caching
 (target >= 2.5x), the peak resident memory of each process, and prosv-jax's 10-concept peak against its
 single-concept one (target <= 1.5x).
 
-    python benchmarks/end_to_end.py                                  # all 10 concepts, all 72 examples (~8 h on 2 cores)
+    python benchmarks/end_to_end.py                                  # all 10 concepts, all 72 examples (~8 h, 2 cores)
     python benchmarks/end_to_end.py --max-examples 12                # 10 concepts, 12 steps each (~90 min on 2 cores)
     python benchmarks/end_to_end.py --concepts 0,1 --max-examples 24 # a shorter comparison
     python benchmarks/end_to_end.py --quick                          # smoke run: 1 concept, 4 examples, 1 epoch
